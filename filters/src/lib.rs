@@ -1,0 +1,1 @@
+//! Conjur replica-set model (placeholder).

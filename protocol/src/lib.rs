@@ -1,0 +1,1 @@
+//! pgoutput and streaming-replication codec (placeholder).

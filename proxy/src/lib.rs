@@ -1,0 +1,1 @@
+//! pgsieve proxy library (placeholder).

@@ -1,0 +1,2 @@
+//! The `pgsieve` binary.
+fn main() {}

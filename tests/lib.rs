@@ -1,0 +1,1 @@
+//! Shared support for the integration tests lives in `support/`; this library is empty.

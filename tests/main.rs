@@ -1,0 +1,2 @@
+//! pgsieve integration tests: one binary, one module per behaviour, every test
+//! against real PostgreSQL clusters started by `pgsieve::harness`.
