@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn prints_like_postgres() {
-        assert_eq!(Lsn(0x1_50A7_98).to_string(), "0/150A798");
+        assert_eq!(Lsn(0x0150_A798).to_string(), "0/150A798");
         assert_eq!(Lsn(0x0000_0003_0000_00FF).to_string(), "3/FF");
         assert_eq!(Lsn::ZERO.to_string(), "0/0");
     }
