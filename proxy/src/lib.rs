@@ -1,1 +1,2 @@
 //! pgsieve proxy library (placeholder).
+pub mod source;

@@ -1,0 +1,36 @@
+//! The leader replication connection (`source` stage).
+//!
+//! Published tokio-postgres cannot open a `replication=database` session nor
+//! handle CopyBoth, so pgsieve owns this one connection on tokio +
+//! postgres-protocol: its own 5-byte framing ([`framing`]), the few backend
+//! bodies it needs ([`messages`]), SCRAM/MD5/cleartext login ([`auth`]), TLS
+//! through rustls ([`tls`]). Every ordinary session (snapshot reads, follower
+//! apply) uses tokio-postgres instead.
+//!
+//! Lifecycle:
+//! 1. [`ReplicationConnection::connect`] (startup with `replication=database`,
+//!    authentication, ReadyForQuery);
+//! 2. commands on the idle session: [`ReplicationConnection::identify_system`],
+//!    [`ReplicationConnection::create_slot`], [`ReplicationConnection::slot_info`],
+//!    [`ReplicationConnection::drop_slot`], [`ReplicationConnection::simple_query`];
+//! 3. [`ReplicationConnection::start_replication`] consumes the session and
+//!    returns a [`ReplicationStream`] (read CopyData payloads, zero-copy) and a
+//!    [`StatusSender`] (write standby status updates, independent of reading).
+//!
+//! What the CopyData payloads mean (XLogData, keepalive, status update) is the
+//! `protocol` crate's business; this module never looks inside them.
+
+mod auth;
+mod commands;
+mod connect;
+mod error;
+mod framing;
+mod messages;
+mod stream;
+mod tls;
+
+pub use commands::{CreatedSlot, SlotInfo, SnapshotAction, SystemIdentity};
+pub use connect::{ReplicationConnection, SourceConfig};
+pub use error::SourceError;
+pub use stream::{ReplicationStream, StatusSender};
+pub use tls::TlsMode;
