@@ -1,2 +1,3 @@
 //! pgsieve integration tests: one binary, one module per behaviour, every test
 //! against real PostgreSQL clusters started by `pgsieve::harness`.
+mod source;
