@@ -1,0 +1,16 @@
+/*!
+One harness for tests, `pgsieve demo`, `pgsieve bench` and the benches: throwaway
+PostgreSQL clusters ([`cluster`]), the Conjur schema and leader preparation
+([`conjur`]), a workload driver that writes what Conjur writes ([`workload`]) with
+seeded generators ([`generate`]), the from-scratch replica-set oracle ([`oracle`]) and
+table comparisons ([`compare`]). Behind the `harness` feature.
+*/
+
+pub mod cluster;
+pub mod conjur;
+pub mod error;
+pub mod topology;
+
+pub use cluster::{Cluster, ClusterSpec, Profile};
+pub use error::HarnessError;
+pub use topology::Topology;
