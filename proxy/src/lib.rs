@@ -1,5 +1,22 @@
-//! pgsieve proxy library (placeholder).
+//! pgsieve: partial logical replication for CyberArk Conjur followers.
+//!
+//! Owns the `pgsieve` binary's parts: configuration and CLI, the leader
+//! replication connection (`source`), transaction assembly (`txn`), the
+//! filter stage over `pgsieve-filters`, follower sinks (`sink`), the initial
+//! copy, feedback to the leader, and the throwaway clusters used by the demo,
+//! the benches and the tests (`harness`). Never does: protocol parsing
+//! (`pgsieve-protocol`) or authorization logic (`pgsieve-filters`) of its own.
+
+pub mod bootstrap;
+pub mod config;
+pub mod copy;
+pub mod feedback;
+pub mod filter;
+pub mod run;
+pub mod setup;
+pub mod sink;
+pub mod source;
+pub mod txn;
+
 #[cfg(feature = "harness")]
 pub mod harness;
-pub mod setup;
-pub mod source;

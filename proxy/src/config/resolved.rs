@@ -1,0 +1,365 @@
+//! The configuration pgsieve runs with: parsed URLs, passwords read from
+//! files or the environment, replica sets as filter specs, defaults filled.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgsieve_filters::{ReplicaSetSpec, Rule};
+
+use super::ConfigError;
+use super::raw::{RawConfig, RawFollower};
+use crate::source::TlsMode;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The leader side: replication connection, slot and publication.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// Connection parameters (password included when one was found).
+    pub pg: tokio_postgres::Config,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// TLS for the replication connection; `None` follows the URL's `sslmode`.
+    pub tls: Option<TlsMode>,
+}
+
+/// One follower database and what it may hold.
+#[derive(Debug, Clone)]
+pub struct FollowerConfig {
+    /// Unique name (logs, metrics, tap).
+    pub name: String,
+    /// Connection parameters.
+    pub pg: tokio_postgres::Config,
+    /// The follower's replica set; `None` replicates every secret.
+    pub replica_set: Option<ReplicaSetSpec>,
+}
+
+/// Group commit and feedback tuning.
+#[derive(Debug, Clone)]
+pub struct ApplySettings {
+    /// Most leader rows in one follower transaction.
+    pub group_max_rows: u64,
+    /// Longest a follower transaction collects leader transactions.
+    pub group_max_wait: Duration,
+    /// Standby status update interval (≤ 10 s).
+    pub status_interval: Duration,
+    /// Where streamed transactions are spooled.
+    pub spool_dir: PathBuf,
+}
+
+impl Default for ApplySettings {
+    fn default() -> Self {
+        Self {
+            group_max_rows: 20_000,
+            group_max_wait: Duration::from_millis(20),
+            status_interval: Duration::from_secs(1),
+            spool_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Everything `pgsieve run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The leader.
+    pub leader: LeaderConfig,
+    /// The followers (sidecar mode: exactly one).
+    pub followers: Vec<FollowerConfig>,
+    /// Apply tuning.
+    pub apply: ApplySettings,
+    /// `/metrics` listen address.
+    pub metrics_listen: Option<String>,
+    /// Lag bound for readiness.
+    pub max_lag_bytes: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Tracing filter.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Resolves a raw config, reading passwords from files and the environment.
+    pub fn resolve(raw: &RawConfig) -> Result<Config, ConfigError> {
+        Self::resolve_with_env(raw, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::resolve`], with an explicit environment (tests).
+    pub fn resolve_with_env(
+        raw: &RawConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let url = raw
+            .leader
+            .url
+            .as_deref()
+            .ok_or_else(|| ConfigError::Invalid("[leader] url is required".into()))?;
+        let mut leader_pg = parse_pg("[leader] url", url)?;
+        let password = match &raw.leader.password_file {
+            Some(path) => Some(read_password(path)?),
+            None => env("PGSIEVE_LEADER_PASSWORD").or_else(|| env("PGPASSWORD")),
+        };
+        if leader_pg.get_password().is_none() {
+            if let Some(password) = password {
+                leader_pg.password(password);
+            }
+        }
+        let slot = raw.leader.slot.clone().unwrap_or_else(|| "pgsieve".into());
+        validate_identifier("[leader] slot", &slot)?;
+        let leader = LeaderConfig {
+            pg: leader_pg,
+            slot,
+            publication: raw
+                .leader
+                .publication
+                .clone()
+                .unwrap_or_else(|| "pgsieve".into()),
+            tls: raw
+                .leader
+                .tls
+                .as_deref()
+                .map(|mode| parse_tls(mode, raw.leader.ca_file.clone()))
+                .transpose()?,
+        };
+
+        let mut followers = Vec::with_capacity(raw.follower.len());
+        for (index, f) in raw.follower.iter().enumerate() {
+            followers.push(resolve_follower(index, f, &env)?);
+        }
+        for (i, a) in followers.iter().enumerate() {
+            if followers[..i].iter().any(|b| b.name == a.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "two followers are named {:?}",
+                    a.name
+                )));
+            }
+        }
+
+        let defaults = ApplySettings::default();
+        let status_ms = raw
+            .apply
+            .status_interval_ms
+            .unwrap_or(defaults.status_interval.as_millis() as u64);
+        if status_ms == 0 || status_ms > 10_000 {
+            return Err(ConfigError::Invalid(
+                "[apply] status_interval_ms must be between 1 and 10000".into(),
+            ));
+        }
+        let apply = ApplySettings {
+            group_max_rows: raw
+                .apply
+                .group_max_rows
+                .unwrap_or(defaults.group_max_rows)
+                .max(1),
+            group_max_wait: raw
+                .apply
+                .group_max_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.group_max_wait),
+            status_interval: Duration::from_millis(status_ms),
+            spool_dir: raw.apply.spool_dir.clone().unwrap_or(defaults.spool_dir),
+        };
+        let log_format = match raw.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "[log] format {other:?}: expected text or json"
+                )));
+            }
+        };
+        Ok(Config {
+            leader,
+            followers,
+            apply,
+            metrics_listen: raw.metrics.listen.clone(),
+            max_lag_bytes: raw.metrics.max_lag_bytes.unwrap_or(64 * 1024 * 1024),
+            log_format,
+            log_level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
+        })
+    }
+
+    /// The replica-set specs of all followers that have one, in follower order,
+    /// with the follower index each belongs to.
+    pub fn replica_sets(&self) -> Vec<(usize, ReplicaSetSpec)> {
+        self.followers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.replica_set.clone().map(|s| (i, s)))
+            .collect()
+    }
+
+    /// Name of the replication origin that records this slot's progress on a follower.
+    pub fn origin_name(&self) -> String {
+        format!("pgsieve_{}", self.leader.slot)
+    }
+}
+
+fn resolve_follower(
+    index: usize,
+    f: &RawFollower,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<FollowerConfig, ConfigError> {
+    let name = f
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("follower-{index}"));
+    let what = format!("[[follower]] {name:?} url");
+    let url = f
+        .url
+        .as_deref()
+        .ok_or_else(|| ConfigError::Invalid(format!("{what} is required")))?;
+    let mut pg = parse_pg(&what, url)?;
+    let password = match &f.password_file {
+        Some(path) => Some(read_password(path)?),
+        None => env(&format!("PGSIEVE_FOLLOWER_{index}_PASSWORD")).or_else(|| env("PGPASSWORD")),
+    };
+    if pg.get_password().is_none() {
+        if let Some(password) = password {
+            pg.password(password);
+        }
+    }
+    let replica_set = match &f.replica_set {
+        None => None,
+        Some(set) => {
+            let account = f.account.as_deref().unwrap_or("system");
+            let rule = match f.privilege.as_deref().unwrap_or("execute") {
+                "execute" => Rule::Execute,
+                "any" => Rule::Any,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[[follower]] {name:?} privilege {other:?}: expected execute or any"
+                    )));
+                }
+            };
+            Some(ReplicaSetSpec {
+                name: set.clone(),
+                data_group: data_group_id(set, account),
+                rule,
+                always: f.always.clone().unwrap_or_default(),
+            })
+        }
+    };
+    Ok(FollowerConfig {
+        name,
+        pg,
+        replica_set,
+    })
+}
+
+/// The data-group role id of a replica set given by short name or full id.
+///
+/// `us-east` and `conjur/replication-sets/us-east` in account `system` both
+/// become `system:group:conjur/replication-sets/us-east/replicated-data`; a
+/// value containing `:` is taken as the full group id.
+pub fn data_group_id(replica_set: &str, account: &str) -> String {
+    if replica_set.contains(':') {
+        return replica_set.to_owned();
+    }
+    if replica_set.starts_with("conjur/replication-sets/") {
+        pgsieve_filters::data_group_id(account, replica_set)
+    } else {
+        pgsieve_filters::data_group_id(account, &format!("conjur/replication-sets/{replica_set}"))
+    }
+}
+
+fn parse_tls(mode: &str, ca_file: Option<PathBuf>) -> Result<TlsMode, ConfigError> {
+    match mode {
+        "disable" => Ok(TlsMode::Disable),
+        "prefer" => Ok(TlsMode::Prefer),
+        "require" => Ok(TlsMode::Require),
+        "verify-full" => Ok(TlsMode::VerifyFull { ca_file }),
+        other => Err(ConfigError::Invalid(format!(
+            "[leader] tls {other:?}: expected disable, prefer, require or verify-full"
+        ))),
+    }
+}
+
+fn parse_pg(what: &str, url: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    url.parse()
+        .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+}
+
+fn read_password(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+fn validate_identifier(what: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{what} {name:?}: use 1-63 characters of a-z, 0-9 and _"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_full_replica_set_names() {
+        let want = "system:group:conjur/replication-sets/us-east/replicated-data";
+        assert_eq!(data_group_id("us-east", "system"), want);
+        assert_eq!(
+            data_group_id("conjur/replication-sets/us-east", "system"),
+            want
+        );
+        assert_eq!(
+            data_group_id(
+                "acme:group:conjur/replication-sets/x/replicated-data",
+                "system"
+            ),
+            "acme:group:conjur/replication-sets/x/replicated-data"
+        );
+    }
+
+    #[test]
+    fn password_comes_from_the_environment_not_the_url() {
+        let raw = RawConfig::parse(
+            "[leader]\nurl = \"postgresql://replicator@127.0.0.1:5432/conjur\"\n\
+             [[follower]]\nname = \"f\"\nurl = \"host=127.0.0.1 user=postgres dbname=conjur\"\n\
+             replica_set = \"us-east\"\nprivilege = \"any\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve_with_env(&raw, |name| {
+            (name == "PGSIEVE_LEADER_PASSWORD").then(|| "s3cret".to_owned())
+        })
+        .unwrap();
+        assert_eq!(config.leader.pg.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(config.followers[0].pg.get_password(), None);
+        let set = config.followers[0].replica_set.as_ref().unwrap();
+        assert_eq!(set.rule, Rule::Any);
+        assert_eq!(config.origin_name(), "pgsieve_pgsieve");
+    }
+
+    #[test]
+    fn missing_leader_url_is_reported() {
+        let err = Config::resolve_with_env(&RawConfig::default(), |_| None).unwrap_err();
+        assert!(err.to_string().contains("[leader] url"), "{err}");
+    }
+
+    #[test]
+    fn bad_slot_names_are_rejected() {
+        let raw = RawConfig::parse("[leader]\nurl = \"host=x\"\nslot = \"Bad-Slot\"\n").unwrap();
+        assert!(Config::resolve_with_env(&raw, |_| None).is_err());
+    }
+}

@@ -1,0 +1,276 @@
+//! The filter stage: feeds the Conjur model from the stream and decides, per
+//! `secrets` row, which replica sets may receive it.
+//!
+//! Sits between transaction assembly and the sinks and changes nothing but
+//! each change's `mask` and each commit's `effects`. Model inputs
+//! (`role_memberships`, `permissions`, `resources`) are fed *before* later
+//! rows of the same transaction are decided, so a grant and a secret written
+//! in one transaction, in either order, end right (the grant's flip re-syncs
+//! what was decided before it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgsieve_filters::{Change, FilterError, Model, ModelTable, SetMask};
+use pgsieve_protocol::Lsn;
+use pgsieve_protocol::pgoutput::{OldTuple, Relation, TupleData};
+
+use crate::txn::{RowOp, TxnEvent};
+
+/// What a table means to the model.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Secrets {
+        resource_id: usize,
+    },
+    Memberships {
+        role_id: usize,
+        member_id: usize,
+        ownership: usize,
+    },
+    Permissions {
+        resource_id: usize,
+        role_id: usize,
+        privilege: usize,
+    },
+    Resources {
+        resource_id: usize,
+        owner_id: usize,
+    },
+    Other,
+}
+
+/// Why a change could not be fed to the model.
+#[derive(Debug, thiserror::Error)]
+#[error("filter: {table} change in the leader transaction committed at {commit_lsn}: {what}")]
+pub struct FilterStageError {
+    /// Table name.
+    pub table: String,
+    /// Commit LSN of the transaction.
+    pub commit_lsn: Lsn,
+    /// What went wrong.
+    pub what: String,
+}
+
+/// The stage: one model for every replica set of the process.
+#[derive(Debug)]
+pub struct FilterStage {
+    model: Model,
+    roles: HashMap<u32, Role>,
+    commit_lsn: Lsn,
+}
+
+impl FilterStage {
+    /// A stage over a model (bootstrapped by the caller).
+    pub fn new(model: Model) -> Self {
+        Self {
+            model,
+            roles: HashMap::new(),
+            commit_lsn: Lsn::ZERO,
+        }
+    }
+
+    /// The model, for explain and tap.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Updates masks, feeds the model and attaches effects, in place.
+    pub fn process(&mut self, event: &mut TxnEvent) -> Result<(), FilterStageError> {
+        match event {
+            TxnEvent::Relation(relation) => {
+                self.roles.insert(relation.oid, classify(relation));
+            }
+            TxnEvent::Begin(begin) => {
+                self.commit_lsn = begin.commit_lsn;
+                self.model.begin();
+            }
+            TxnEvent::Change(change) => {
+                let role = self
+                    .roles
+                    .get(&change.relation.oid)
+                    .copied()
+                    .unwrap_or(Role::Other);
+                let err = |what: String| FilterStageError {
+                    table: change.relation.name.clone(),
+                    commit_lsn: self.commit_lsn,
+                    what,
+                };
+                match role {
+                    Role::Secrets { resource_id } => {
+                        let tuple = match &change.op {
+                            RowOp::Insert(m) => &m.new,
+                            RowOp::Update(m) => &m.new,
+                            RowOp::Delete(m) => old(&m.old),
+                        };
+                        let id = tuple
+                            .get(resource_id)
+                            .and_then(|c| c.as_bytes())
+                            .ok_or_else(|| err("secrets row without resource_id".into()))?;
+                        change.mask = self.model.decide(id);
+                    }
+                    Role::Other => {}
+                    input => {
+                        feed(&mut self.model, input, &change.op).map_err(|e| err(e.to_string()))?;
+                    }
+                }
+            }
+            TxnEvent::Truncate(truncate) => {
+                for oid in &truncate.rel_ids {
+                    let table = match self.roles.get(oid) {
+                        Some(Role::Memberships { .. }) => ModelTable::RoleMemberships,
+                        Some(Role::Permissions { .. }) => ModelTable::Permissions,
+                        Some(Role::Resources { .. }) => ModelTable::Resources,
+                        _ => continue,
+                    };
+                    self.model
+                        .feed(Change::Truncate(table))
+                        .map_err(|e| FilterStageError {
+                            table: format!("{table:?}"),
+                            commit_lsn: self.commit_lsn,
+                            what: e.to_string(),
+                        })?;
+                }
+            }
+            TxnEvent::Commit(commit) => {
+                let effects = self.model.end();
+                if !effects.is_empty() {
+                    commit.effects = Arc::new(effects);
+                }
+            }
+            TxnEvent::Idle { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Decision for a resource id outside the stream (initial copy).
+    pub fn decide(&self, resource_id: &[u8]) -> SetMask {
+        self.model.decide(resource_id)
+    }
+}
+
+fn classify(relation: &Relation) -> Role {
+    let col = |name: &str| relation.column_index(name);
+    let found = match relation.name.as_str() {
+        "secrets" => col("resource_id").map(|resource_id| Role::Secrets { resource_id }),
+        "role_memberships" => (|| {
+            Some(Role::Memberships {
+                role_id: col("role_id")?,
+                member_id: col("member_id")?,
+                ownership: col("ownership")?,
+            })
+        })(),
+        "permissions" => (|| {
+            Some(Role::Permissions {
+                resource_id: col("resource_id")?,
+                role_id: col("role_id")?,
+                privilege: col("privilege")?,
+            })
+        })(),
+        "resources" => (|| {
+            Some(Role::Resources {
+                resource_id: col("resource_id")?,
+                owner_id: col("owner_id")?,
+            })
+        })(),
+        _ => None,
+    };
+    found.unwrap_or(Role::Other)
+}
+
+fn old(old: &OldTuple) -> &TupleData {
+    match old {
+        OldTuple::Key(t) | OldTuple::Full(t) => t,
+    }
+}
+
+fn text(tuple: &TupleData, index: usize) -> Result<&str, FilterError> {
+    tuple
+        .get(index)
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| FilterError::BadId {
+            id: format!("<column {index} missing or not text>"),
+        })
+}
+
+fn boolean(tuple: &TupleData, index: usize) -> bool {
+    matches!(
+        tuple.get(index).and_then(|c| c.as_bytes()),
+        Some(b"t") | Some(b"true") | Some([1])
+    )
+}
+
+/// Turns one row change of a model table into model changes.
+fn feed(model: &mut Model, role: Role, op: &RowOp) -> Result<(), FilterError> {
+    // An update that changed the key arrives with the old key: remove the
+    // old row, then insert the new one.
+    let (removed, added): (Option<&TupleData>, Option<&TupleData>) = match op {
+        RowOp::Insert(m) => (None, Some(&m.new)),
+        RowOp::Update(m) => (m.old.as_ref().map(old), Some(&m.new)),
+        RowOp::Delete(m) => (Some(old(&m.old)), None),
+    };
+    match role {
+        Role::Memberships {
+            role_id,
+            member_id,
+            ownership,
+        } => {
+            if let Some(t) = removed {
+                model.feed(Change::MembershipDelete {
+                    role_id: text(t, role_id)?,
+                    member_id: text(t, member_id)?,
+                    ownership: boolean(t, ownership),
+                })?;
+            }
+            if let Some(t) = added {
+                model.feed(Change::MembershipUpsert {
+                    role_id: text(t, role_id)?,
+                    member_id: text(t, member_id)?,
+                    ownership: boolean(t, ownership),
+                })?;
+            }
+        }
+        Role::Permissions {
+            resource_id,
+            role_id,
+            privilege,
+        } => {
+            if let Some(t) = removed {
+                model.feed(Change::PermissionDelete {
+                    resource_id: text(t, resource_id)?,
+                    role_id: text(t, role_id)?,
+                    privilege: text(t, privilege)?,
+                })?;
+            }
+            if let Some(t) = added {
+                model.feed(Change::PermissionUpsert {
+                    resource_id: text(t, resource_id)?,
+                    role_id: text(t, role_id)?,
+                    privilege: text(t, privilege)?,
+                })?;
+            }
+        }
+        Role::Resources {
+            resource_id,
+            owner_id,
+        } => {
+            if let Some(t) = removed {
+                let removed_id = text(t, resource_id)?;
+                let kept = added.map(|n| text(n, resource_id)).transpose()?;
+                if kept != Some(removed_id) {
+                    model.feed(Change::ResourceDelete {
+                        resource_id: removed_id,
+                    })?;
+                }
+            }
+            if let Some(t) = added {
+                model.feed(Change::ResourceUpsert {
+                    resource_id: text(t, resource_id)?,
+                    owner_id: text(t, owner_id)?,
+                })?;
+            }
+        }
+        Role::Secrets { .. } | Role::Other => {}
+    }
+    Ok(())
+}

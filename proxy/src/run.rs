@@ -1,0 +1,449 @@
+//! `pgsieve run`: wires source → assemble → filter → sinks → feedback, and
+//! restarts the whole pipeline from the followers' origins after transient
+//! failures.
+//!
+//! One reader task owns the replication stream, the assembler and the filter
+//! (so the model is fed once, in commit order); each follower has its own
+//! sink task behind a bounded channel (backpressure reaches the socket); the
+//! feedback task reports the minimum durable progress. With one follower this
+//! is sidecar mode; with several it is hub mode (one slot, one decode).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgsieve_filters::Model;
+use pgsieve_protocol::Lsn;
+use pgsieve_protocol::frame::ReplicationMessage;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_postgres::{Client, NoTls};
+
+use crate::bootstrap::{BootstrapError, model_from_tables};
+use crate::config::Config;
+use crate::copy::{CopyError, copy_tables, published_tables};
+use crate::feedback::Feedback;
+use crate::filter::{FilterStage, FilterStageError};
+use crate::sink::origin::setup_apply_session;
+use crate::sink::resync::Resync;
+use crate::sink::{ApplyError, GroupLimits, Progress, Sink};
+use crate::source::{ReplicationConnection, SnapshotAction, SourceConfig, SourceError};
+use crate::txn::assemble::Assembled;
+use crate::txn::{AssembleError, Assembler, TxnEvent};
+
+/// Why `pgsieve run` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The replication connection failed.
+    #[error("leader: {0}")]
+    Source(#[from] SourceError),
+    /// An ordinary SQL connection failed.
+    #[error("{what}: {source}")]
+    Sql {
+        /// Which connection or step.
+        what: String,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+    /// The stream could not be assembled.
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    /// Filtering failed.
+    #[error(transparent)]
+    Filter(#[from] FilterStageError),
+    /// A follower could not apply a change.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The initial copy failed.
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    /// The model could not be built.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    /// A frame from the leader is malformed.
+    #[error("malformed replication message after {after}: {source}")]
+    Frame {
+        /// Last WAL position received before it.
+        after: Lsn,
+        /// The decode error.
+        source: pgsieve_protocol::DecodeError,
+    },
+    /// Configuration problem found at run time.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl RunError {
+    /// Whether restarting the pipeline from the followers' origins may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Source(e) => e.is_transient(),
+            RunError::Sql { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            RunError::Apply(e) => e.is_transient(),
+            RunError::Copy(CopyError::Sql { source, .. }) => source.is_closed(),
+            _ => false,
+        }
+    }
+}
+
+/// Opens an ordinary SQL session (tokio-postgres), its connection driven by
+/// a background task.
+pub async fn connect_sql(pg: &tokio_postgres::Config, what: &str) -> Result<Arc<Client>, RunError> {
+    let (client, connection) = pg.connect(NoTls).await.map_err(|source| RunError::Sql {
+        what: format!("connecting to {what}"),
+        source,
+    })?;
+    let what = what.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(connection = %what, error = %e, "SQL connection ended.");
+        }
+    });
+    Ok(Arc::new(client))
+}
+
+fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Sql { what, source }
+}
+
+/// Runs until `shutdown` turns true or a non-transient error occurs.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    if config.followers.is_empty() {
+        return Err(RunError::Setup("no [[follower]] configured".into()));
+    }
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match run_session(&config, shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Pipeline failed; reconnecting.");
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct FollowerSession {
+    name: String,
+    client: Arc<Client>,
+    origin_lsn: Lsn,
+    set_bit: Option<usize>,
+    resync: Option<Resync>,
+}
+
+fn source_config(config: &Config) -> SourceConfig {
+    let mut source = SourceConfig::new(config.leader.pg.clone());
+    if let Some(tls) = &config.leader.tls {
+        source.tls = tls.clone();
+    }
+    source.application_name = format!("pgsieve-{}", config.leader.slot);
+    source
+}
+
+async fn run_session(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    let origin = config.origin_name();
+    let sets: Vec<_> = config.replica_sets();
+    let specs: Vec<_> = sets.iter().map(|(_, s)| s.clone()).collect();
+
+    // Followers first: their origins say where to resume.
+    let mut followers = Vec::with_capacity(config.followers.len());
+    for f in &config.followers {
+        let client = connect_sql(&f.pg, &format!("follower {}", f.name)).await?;
+        let origin_lsn = setup_apply_session(&client, &origin)
+            .await
+            .map_err(sql_err(format!(
+                "setting up apply session on follower {}",
+                f.name
+            )))?;
+        let set_bit = sets
+            .iter()
+            .position(|(i, _)| config.followers[*i].name == f.name);
+        followers.push(FollowerSession {
+            name: f.name.clone(),
+            client,
+            origin_lsn,
+            set_bit,
+            resync: f.replica_set.clone().map(Resync::new),
+        });
+    }
+    let leader = connect_sql(&config.leader.pg, "the leader").await?;
+    let mut repl = ReplicationConnection::connect(&source_config(config)).await?;
+    let slot = config.leader.slot.as_str();
+    let slot_info = repl.slot_info(slot).await?;
+    let needs_copy = slot_info.is_none() || followers.iter().any(|f| f.origin_lsn.is_zero());
+
+    let (model, start_lsn) = if needs_copy {
+        if slot_info.is_some() {
+            tracing::warn!(%slot, "A follower has no recorded progress: recreating the slot for a fresh initial copy.");
+            repl.drop_slot(slot).await?;
+        }
+        let created = repl
+            .create_slot(slot, false, SnapshotAction::Export)
+            .await?;
+        let snapshot = created.snapshot_name.clone().ok_or_else(|| {
+            RunError::Setup("the leader exported no snapshot for the new slot".into())
+        })?;
+        leader
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'"
+            ))
+            .await
+            .map_err(sql_err("importing the slot snapshot on the leader"))?;
+        let model = model_from_tables(&leader, specs.clone()).await?;
+        let tables = published_tables(&leader, &config.leader.publication)
+            .await
+            .map_err(sql_err("listing published tables"))?;
+        if tables.is_empty() {
+            return Err(CopyError::EmptyPublication(config.leader.publication.clone()).into());
+        }
+        for f in &mut followers {
+            let report = copy_tables(
+                &leader,
+                &f.client,
+                &f.name,
+                &tables,
+                &model,
+                f.set_bit,
+                created.consistent_point,
+            )
+            .await?;
+            tracing::info!(follower = %f.name, tables = report.tables.len(), secrets_dropped = report.secrets_dropped, consistent_point = %created.consistent_point, "Initial copy committed.");
+            f.origin_lsn = created.consistent_point;
+        }
+        leader
+            .batch_execute("COMMIT")
+            .await
+            .map_err(sql_err("ending the snapshot transaction"))?;
+        (model, created.consistent_point)
+    } else {
+        // Resume from the follower that is furthest behind; its own model
+        // tables describe the model at exactly that position.
+        let behind = followers
+            .iter()
+            .min_by_key(|f| f.origin_lsn)
+            .ok_or_else(|| RunError::Setup("no follower".into()))?;
+        let model = if specs.is_empty() {
+            Model::new(Vec::new()).map_err(BootstrapError::from)?
+        } else {
+            behind
+                .client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(sql_err("reading the follower's model tables"))?;
+            let model = model_from_tables(&behind.client, specs.clone()).await?;
+            behind
+                .client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(sql_err("reading the follower's model tables"))?;
+            model
+        };
+        (model, behind.origin_lsn)
+    };
+
+    let publication = format!("\"{}\"", config.leader.publication.replace('"', "\"\""));
+    let options = [
+        ("proto_version", "2"),
+        ("publication_names", publication.as_str()),
+        ("streaming", "on"),
+        ("messages", "true"),
+    ];
+    tracing::info!(%slot, start = %start_lsn, followers = followers.len(), "Starting replication.");
+    let (mut stream, status) = repl.start_replication(slot, start_lsn, &options).await?;
+
+    let limits = GroupLimits {
+        max_rows: config.apply.group_max_rows,
+        max_wait: config.apply.group_max_wait,
+    };
+    let mut senders = Vec::with_capacity(followers.len());
+    let mut progresses = Vec::with_capacity(followers.len());
+    let mut sinks = JoinSet::new();
+    for f in followers {
+        let progress = Progress::starting_at(f.origin_lsn);
+        progresses.push(progress.clone());
+        let sink = Sink::new(
+            f.name.clone(),
+            f.client.clone(),
+            leader.clone(),
+            f.set_bit,
+            f.resync,
+            limits,
+            progress,
+            f.origin_lsn,
+        )
+        .await?;
+        let (tx, rx) = mpsc::channel::<TxnEvent>(8192);
+        senders.push(tx);
+        sinks.spawn(run_sink(sink, rx));
+    }
+    let feedback = Feedback::new(progresses);
+    let (stop_feedback, stop_rx) = watch::channel(false);
+    let feedback_task = tokio::spawn(feedback.clone().run(
+        status.clone(),
+        config.apply.status_interval,
+        stop_rx,
+    ));
+
+    let mut assembler = Assembler::new(config.apply.spool_dir.clone());
+    let mut filter = FilterStage::new(model);
+    let mut last_idle = Lsn::ZERO;
+    let mut last_received = start_lsn;
+    let reader: Result<(), RunError> = async {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        tracing::info!("Shutting down: finishing applied transactions.");
+                        return Ok(());
+                    }
+                    continue;
+                }
+                frame = stream.next_copy_data() => frame?,
+            };
+            let Some(frame) = frame else {
+                return Err(SourceError::Protocol(
+                    "the leader ended the replication stream".into(),
+                )
+                .into());
+            };
+            match ReplicationMessage::parse(frame) {
+                Ok(ReplicationMessage::XLogData(x)) => {
+                    last_received = last_received.max(x.wal_start);
+                    feedback.received(x.wal_end.min(x.wal_start.max(last_received)));
+                    match assembler.handle(x.wal_start, x.data)? {
+                        Assembled::Nothing => {}
+                        Assembled::Event(event) => {
+                            forward(&mut filter, &senders, event).await?;
+                        }
+                        Assembled::Replay(mut replay) => {
+                            while let Some(event) = replay.next_event(&assembler)? {
+                                forward(&mut filter, &senders, event).await?;
+                            }
+                        }
+                    }
+                }
+                Ok(ReplicationMessage::PrimaryKeepalive(k)) => {
+                    if assembler.is_idle() && k.wal_end > last_idle {
+                        last_idle = k.wal_end;
+                        feedback.received(k.wal_end);
+                        forward(&mut filter, &senders, TxnEvent::Idle { wal_end: k.wal_end })
+                            .await?;
+                    }
+                    if k.reply_requested {
+                        feedback.request_reply();
+                    }
+                }
+                Err(source) => {
+                    return Err(RunError::Frame {
+                        after: last_received,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    .await;
+
+    // Stop the sinks: they commit what is complete and abandon the rest.
+    drop(senders);
+    let mut first_error = reader.err();
+    while let Some(joined) = sinks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // A sink error explains a reader's "channel closed".
+                if first_error
+                    .as_ref()
+                    .is_none_or(|r| matches!(r, RunError::Setup(_)))
+                {
+                    first_error = Some(e.into());
+                } else {
+                    tracing::error!(error = %e, "Follower apply failed.");
+                }
+            }
+            Err(join) => {
+                first_error.get_or_insert(RunError::Setup(format!("sink task failed: {join}")));
+            }
+        }
+    }
+    let _ = stop_feedback.send(true);
+    match feedback_task.await {
+        Ok(Err(e)) if first_error.is_none() => first_error = Some(e.into()),
+        _ => {}
+    }
+    let _ = status.finish().await;
+    match first_error {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+async fn forward(
+    filter: &mut FilterStage,
+    senders: &[mpsc::Sender<TxnEvent>],
+    mut event: TxnEvent,
+) -> Result<(), RunError> {
+    filter.process(&mut event)?;
+    let Some((last, rest)) = senders.split_last() else {
+        return Ok(());
+    };
+    for sender in rest {
+        sender
+            .send(event.clone())
+            .await
+            .map_err(|_| RunError::Setup("a follower sink stopped".into()))?;
+    }
+    last.send(event)
+        .await
+        .map_err(|_| RunError::Setup("a follower sink stopped".into()))
+}
+
+async fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<TxnEvent>) -> Result<(), ApplyError> {
+    let result = async {
+        loop {
+            let event = if sink.has_open_group_at_boundary() {
+                match rx.try_recv() {
+                    Ok(event) => event,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        sink.commit_group().await?;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv().await {
+                    Some(event) => event,
+                    None => break,
+                }
+            };
+            sink.handle(&event).await?;
+        }
+        if sink.has_open_group_at_boundary() {
+            sink.commit_group().await?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        sink.abandon().await;
+    } else {
+        sink.abandon().await;
+    }
+    let stats = sink.stats();
+    tracing::info!(
+        follower = sink.follower(),
+        rows_applied = stats.rows_applied,
+        rows_dropped = stats.rows_dropped,
+        transactions = stats.transactions,
+        follower_commits = stats.follower_commits,
+        "Sink stopped."
+    );
+    result
+}

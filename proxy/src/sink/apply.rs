@@ -1,0 +1,743 @@
+//! The follower sink: ordered leader transactions → SQL on one follower.
+//!
+//! One follower session, bound to the replication origin. Leader
+//! transactions are applied whole; consecutive small ones share a follower
+//! transaction (group commit, bounded by rows and time), and the group's
+//! last commit end LSN is recorded with `pg_replication_origin_xact_setup`
+//! inside the same follower transaction. Statements are prepared once per
+//! relation and pipelined. Any failure stops apply with one error naming the
+//! follower, LSN, table and cause; nothing is skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pgsieve_filters::SetMask;
+use pgsieve_protocol::pgoutput::{Column, OldTuple, Relation, Truncate, TupleData};
+use pgsieve_protocol::{Lsn, PgTimestamp};
+use tokio_postgres::{Client, Statement};
+
+use super::catalog::{SchemaMismatch, match_relation};
+use super::origin::{FORCE_XID_SQL, XACT_SETUP_SQL};
+use super::pipeline::Pipeline;
+use super::statements::{TableShape, truncate_sql};
+use super::value::WireValue;
+use crate::txn::{RowChange, RowOp, TxnCommit, TxnEvent};
+
+/// Where an apply failure happened.
+#[derive(Debug, Clone)]
+pub struct ApplyContext {
+    /// Commit LSN of the leader transaction being applied.
+    pub commit_lsn: Lsn,
+    /// Qualified table name, or the control statement.
+    pub table: Arc<str>,
+    /// `insert`, `update`, `delete`, `truncate`, `commit`, …
+    pub op: &'static str,
+}
+
+/// A failure of the follower sink.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A statement failed on the follower.
+    #[error(
+        "follower {follower}: {op} on {table} of the leader transaction committed at {commit_lsn} failed: {source}"
+    )]
+    Statement {
+        /// Follower name.
+        follower: String,
+        /// Leader commit LSN.
+        commit_lsn: Lsn,
+        /// Table.
+        table: Arc<str>,
+        /// Operation.
+        op: &'static str,
+        /// The database error (connection loss included).
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The follower's table does not match the leader's relation.
+    #[error("follower {follower}: {source}")]
+    Schema {
+        /// Follower name.
+        follower: String,
+        /// The mismatch.
+        #[source]
+        source: SchemaMismatch,
+    },
+    /// A change refers to a relation the sink was never told about, or has a
+    /// shape that cannot be applied.
+    #[error("follower {follower}: {what} (leader transaction committed at {commit_lsn})")]
+    Invalid {
+        /// Follower name.
+        follower: String,
+        /// Leader commit LSN.
+        commit_lsn: Lsn,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl ApplyError {
+    /// Whether the follower connection was lost (reconnect and resume from
+    /// the origin) rather than a change being unappliable (stop).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Statement { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none() && !matches!(source.code(), Some(_))
+            }
+            ApplyError::Schema {
+                source: SchemaMismatch::Query { source, .. },
+                ..
+            } => source.is_closed(),
+            _ => false,
+        }
+    }
+}
+
+/// Durable progress of one follower, shared with the feedback task.
+#[derive(Debug, Default)]
+pub struct Progress {
+    committed_end: AtomicU64,
+    last_apply_micros: AtomicU64,
+}
+
+impl Progress {
+    /// A progress starting at `lsn` (the origin's value at start).
+    pub fn starting_at(lsn: Lsn) -> Arc<Self> {
+        let p = Self::default();
+        p.committed_end.store(lsn.0, Ordering::Release);
+        Arc::new(p)
+    }
+
+    /// End LSN of the last leader transaction durably committed on the follower.
+    pub fn committed_end(&self) -> Lsn {
+        Lsn(self.committed_end.load(Ordering::Acquire))
+    }
+
+    fn record(&self, lsn: Lsn) {
+        self.committed_end.fetch_max(lsn.0, Ordering::AcqRel);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.last_apply_micros.store(now, Ordering::Release);
+    }
+
+    /// Unix time (µs) of the last follower commit, 0 if none.
+    pub fn last_apply_micros(&self) -> u64 {
+        self.last_apply_micros.load(Ordering::Acquire)
+    }
+}
+
+/// Group-commit bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// Most leader rows per follower transaction.
+    pub max_rows: u64,
+    /// Longest a follower transaction stays open.
+    pub max_wait: Duration,
+}
+
+/// Counters a sink keeps for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SinkStats {
+    /// Rows applied.
+    pub rows_applied: u64,
+    /// Rows dropped by the filter.
+    pub rows_dropped: u64,
+    /// Leader transactions applied.
+    pub transactions: u64,
+    /// Follower transactions committed.
+    pub follower_commits: u64,
+}
+
+struct TableApply {
+    shape: TableShape,
+    name: Arc<str>,
+    relation: Arc<Relation>,
+    insert: Statement,
+    delete: Statement,
+    updates: HashMap<u64, Statement>,
+}
+
+struct Group {
+    started: Instant,
+    rows: u64,
+    wrote: bool,
+    last_end: Lsn,
+    last_time: PgTimestamp,
+    in_leader_txn: bool,
+    commit_lsn: Lsn,
+}
+
+/// Applies ordered leader transactions to one follower.
+pub struct Sink {
+    follower: String,
+    client: Arc<Client>,
+    leader: Arc<Client>,
+    /// Bit of this follower's replica set; `None` receives every row.
+    set_bit: Option<usize>,
+    tables: HashMap<u32, TableApply>,
+    begin: Statement,
+    commit: Statement,
+    xact_setup: Statement,
+    force_xid: Statement,
+    pipeline: Pipeline<ApplyContext>,
+    group: Option<Group>,
+    limits: GroupLimits,
+    progress: Arc<Progress>,
+    last_idle_write: Instant,
+    stats: SinkStats,
+    resync: Option<super::resync::Resync>,
+    /// Leader transactions committed before this LSN are already on the
+    /// follower (hub restart from the slowest follower): skip them.
+    skip_until: Lsn,
+    skipping: bool,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("follower", &self.follower)
+            .field("set_bit", &self.set_bit)
+            .field("tables", &self.tables.len())
+            .field("pipeline", &self.pipeline)
+            .finish()
+    }
+}
+
+fn wire(tuple: &TupleData, column: Column<'_>) -> WireValue {
+    match column {
+        Column::Null | Column::UnchangedToast => WireValue::NULL,
+        Column::Text(b) => WireValue::text(tuple.encoded_columns().slice_ref(b)),
+        Column::Binary(b) => WireValue::binary(tuple.encoded_columns().slice_ref(b)),
+    }
+}
+
+impl Sink {
+    /// A sink over an apply session already set up with
+    /// [`super::origin::setup_apply_session`].
+    pub async fn new(
+        follower: String,
+        client: Arc<Client>,
+        leader: Arc<Client>,
+        set_bit: Option<usize>,
+        resync: Option<super::resync::Resync>,
+        limits: GroupLimits,
+        progress: Arc<Progress>,
+        skip_until: Lsn,
+    ) -> Result<Sink, ApplyError> {
+        let control = |op: &'static str| ApplyContext {
+            commit_lsn: Lsn::ZERO,
+            table: Arc::from("(session)"),
+            op,
+        };
+        let prepare = |sql: &'static str, op: &'static str| {
+            let client = client.clone();
+            let follower = follower.clone();
+            async move {
+                client.prepare(sql).await.map_err(|source| {
+                    let c = control(op);
+                    ApplyError::Statement {
+                        follower,
+                        commit_lsn: c.commit_lsn,
+                        table: c.table,
+                        op: c.op,
+                        source,
+                    }
+                })
+            }
+        };
+        Ok(Sink {
+            begin: prepare("BEGIN", "begin").await?,
+            commit: prepare("COMMIT", "commit").await?,
+            xact_setup: prepare(XACT_SETUP_SQL, "origin").await?,
+            force_xid: prepare(FORCE_XID_SQL, "origin").await?,
+            follower,
+            client,
+            leader,
+            set_bit,
+            tables: HashMap::new(),
+            pipeline: Pipeline::new(1024),
+            group: None,
+            limits,
+            progress,
+            last_idle_write: Instant::now(),
+            stats: SinkStats::default(),
+            resync,
+            skip_until,
+            skipping: false,
+        })
+    }
+
+    /// Follower name.
+    pub fn follower(&self) -> &str {
+        &self.follower
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SinkStats {
+        self.stats
+    }
+
+    /// Shared durable progress.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    /// Whether a follower transaction is open between two leader
+    /// transactions: the caller should commit it when no more events are
+    /// ready.
+    pub fn has_open_group_at_boundary(&self) -> bool {
+        self.group.as_ref().is_some_and(|g| !g.in_leader_txn)
+    }
+
+    fn fail(&self, (source, context): (tokio_postgres::Error, ApplyContext)) -> ApplyError {
+        ApplyError::Statement {
+            follower: self.follower.clone(),
+            commit_lsn: context.commit_lsn,
+            table: context.table,
+            op: context.op,
+            source,
+        }
+    }
+
+    async fn push(
+        &mut self,
+        statement: &Statement,
+        params: Vec<WireValue>,
+        context: ApplyContext,
+    ) -> Result<(), ApplyError> {
+        let client = self.client.clone();
+        let statement = statement.clone();
+        let future = async move { client.execute_raw(&statement, params).await };
+        self.pipeline
+            .push(future, context)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn push_control(&mut self, which: Control, commit_lsn: Lsn) -> Result<(), ApplyError> {
+        let (statement, op) = match which {
+            Control::Begin => (self.begin.clone(), "begin"),
+            Control::Commit => (self.commit.clone(), "commit"),
+            Control::ForceXid => (self.force_xid.clone(), "origin"),
+        };
+        let client = self.client.clone();
+        let future = async move {
+            client
+                .execute_raw(&statement, std::iter::empty::<WireValue>())
+                .await
+        };
+        let context = ApplyContext {
+            commit_lsn,
+            table: Arc::from("(transaction)"),
+            op,
+        };
+        self.pipeline
+            .push(future, context)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Applies one event.
+    pub async fn handle(&mut self, event: &TxnEvent) -> Result<(), ApplyError> {
+        if self.skipping {
+            if let TxnEvent::Commit(_) = event {
+                self.skipping = false;
+            }
+            if !matches!(event, TxnEvent::Relation(_)) {
+                return Ok(());
+            }
+        }
+        match event {
+            TxnEvent::Begin(begin) if begin.commit_lsn < self.skip_until => {
+                self.skipping = true;
+                Ok(())
+            }
+            TxnEvent::Relation(relation) => self.on_relation(relation).await,
+            TxnEvent::Begin(begin) => {
+                if self.group.is_none() {
+                    self.push_control(Control::Begin, begin.commit_lsn).await?;
+                    self.group = Some(Group {
+                        started: Instant::now(),
+                        rows: 0,
+                        wrote: false,
+                        last_end: Lsn::ZERO,
+                        last_time: begin.commit_time,
+                        in_leader_txn: true,
+                        commit_lsn: begin.commit_lsn,
+                    });
+                }
+                if let Some(group) = &mut self.group {
+                    group.in_leader_txn = true;
+                    group.commit_lsn = begin.commit_lsn;
+                }
+                Ok(())
+            }
+            TxnEvent::Change(change) => self.on_change(change).await,
+            TxnEvent::Truncate(truncate) => self.on_truncate(truncate).await,
+            TxnEvent::Commit(commit) => self.on_commit(commit).await,
+            TxnEvent::Idle { wal_end } => self.on_idle(*wal_end).await,
+        }
+    }
+
+    fn commit_lsn(&self) -> Lsn {
+        self.group.as_ref().map_or(Lsn::ZERO, |g| g.commit_lsn)
+    }
+
+    async fn on_relation(&mut self, relation: &Arc<Relation>) -> Result<(), ApplyError> {
+        if let Some(existing) = self.tables.get(&relation.oid) {
+            if existing.relation.as_ref() == relation.as_ref() {
+                return Ok(());
+            }
+        }
+        if relation.columns.len() > 64 {
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn: self.commit_lsn(),
+                what: format!("table {} has more than 64 columns", relation.name),
+            });
+        }
+        let shape = match_relation(&self.leader, &self.client, relation)
+            .await
+            .map_err(|source| ApplyError::Schema {
+                follower: self.follower.clone(),
+                source,
+            })?;
+        let name: Arc<str> = Arc::from(shape.table.as_str());
+        let prepare_err = |follower: &str, op: &'static str| {
+            let follower = follower.to_owned();
+            let name = name.clone();
+            move |source| ApplyError::Statement {
+                follower,
+                commit_lsn: Lsn::ZERO,
+                table: name,
+                op,
+                source,
+            }
+        };
+        let insert = self
+            .client
+            .prepare(&shape.insert_sql())
+            .await
+            .map_err(prepare_err(&self.follower, "prepare insert"))?;
+        let delete = self
+            .client
+            .prepare(&shape.delete_sql(&shape.match_columns()))
+            .await
+            .map_err(prepare_err(&self.follower, "prepare delete"))?;
+        self.tables.insert(
+            relation.oid,
+            TableApply {
+                shape,
+                name,
+                relation: relation.clone(),
+                insert,
+                delete,
+                updates: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn allowed(&self, mask: SetMask) -> bool {
+        self.set_bit.is_none_or(|bit| mask.contains(bit))
+    }
+
+    async fn on_change(&mut self, change: &RowChange) -> Result<(), ApplyError> {
+        if !self.allowed(change.mask) {
+            self.stats.rows_dropped += 1;
+            return Ok(());
+        }
+        let commit_lsn = self.commit_lsn();
+        let oid = change.relation.oid;
+        let Some(table) = self.tables.get_mut(&oid) else {
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn,
+                what: format!(
+                    "change for relation {} before its definition",
+                    change.relation.name
+                ),
+            });
+        };
+        let context = ApplyContext {
+            commit_lsn,
+            table: table.name.clone(),
+            op: change.op.as_str(),
+        };
+        let (statement, params) = match &change.op {
+            RowOp::Insert(insert) => {
+                let params = insert.new.columns().map(|c| wire(&insert.new, c)).collect();
+                (table.insert.clone(), params)
+            }
+            RowOp::Delete(delete) => {
+                let old = old_tuple(&delete.old);
+                let params = table
+                    .shape
+                    .match_columns()
+                    .iter()
+                    .map(|&i| old.get(i).map_or(WireValue::NULL, |c| wire(old, c)))
+                    .collect();
+                (table.delete.clone(), params)
+            }
+            RowOp::Update(update) => {
+                let new = &update.new;
+                let mut unchanged = 0u64;
+                let mut set_cols = Vec::with_capacity(new.len());
+                let mut params = Vec::with_capacity(new.len() + 2);
+                for (i, column) in new.columns().enumerate() {
+                    if column.is_unchanged_toast() {
+                        unchanged |= 1 << i;
+                    } else {
+                        set_cols.push(i);
+                        params.push(wire(new, column));
+                    }
+                }
+                let key_source = update.old.as_ref().map_or(new, old_tuple);
+                let match_cols = table.shape.match_columns();
+                for &i in &match_cols {
+                    params.push(
+                        key_source
+                            .get(i)
+                            .map_or(WireValue::NULL, |c| wire(key_source, c)),
+                    );
+                }
+                let statement = match table.updates.get(&unchanged) {
+                    Some(statement) => statement.clone(),
+                    None => {
+                        let sql = table.shape.update_sql(&set_cols, &match_cols);
+                        let statement = self.client.prepare(&sql).await.map_err(|source| {
+                            ApplyError::Statement {
+                                follower: self.follower.clone(),
+                                commit_lsn,
+                                table: table.name.clone(),
+                                op: "prepare update",
+                                source,
+                            }
+                        })?;
+                        table.updates.insert(unchanged, statement.clone());
+                        statement
+                    }
+                };
+                (statement, params)
+            }
+        };
+        self.push(&statement, params, context).await?;
+        self.stats.rows_applied += 1;
+        if let Some(group) = &mut self.group {
+            group.rows += 1;
+            group.wrote = true;
+        }
+        Ok(())
+    }
+
+    async fn on_truncate(&mut self, truncate: &Truncate) -> Result<(), ApplyError> {
+        let commit_lsn = self.commit_lsn();
+        let mut names = Vec::with_capacity(truncate.rel_ids.len());
+        for oid in truncate.rel_ids.iter() {
+            match self.tables.get(oid) {
+                Some(table) => names.push(table.shape.table.clone()),
+                None => {
+                    return Err(ApplyError::Invalid {
+                        follower: self.follower.clone(),
+                        commit_lsn,
+                        what: format!("TRUNCATE of relation OID {oid} before its definition"),
+                    });
+                }
+            }
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let sql = truncate_sql(
+            &refs,
+            truncate.options.cascade,
+            truncate.options.restart_identity,
+        );
+        let client = self.client.clone();
+        let context = ApplyContext {
+            commit_lsn,
+            table: Arc::from(names.join(", ")),
+            op: "truncate",
+        };
+        self.pipeline
+            .push(
+                async move { client.batch_execute(&sql).await.map(|_| 0) },
+                context,
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
+        if let Some(group) = &mut self.group {
+            group.wrote = true;
+        }
+        Ok(())
+    }
+
+    async fn on_commit(&mut self, commit: &TxnCommit) -> Result<(), ApplyError> {
+        if self.group.is_none() {
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn: commit.commit_lsn,
+                what: "commit without begin".into(),
+            });
+        }
+        if let (Some(bit), false) = (self.set_bit, commit.effects.is_empty()) {
+            let flips: Vec<_> = commit.effects.for_set(bit).collect();
+            if !flips.is_empty() {
+                self.resync_flips(commit.commit_lsn, &flips).await?;
+            }
+        }
+        self.stats.transactions += 1;
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        group.in_leader_txn = false;
+        group.last_end = commit.end_lsn;
+        group.last_time = commit.commit_time;
+        if group.rows >= self.limits.max_rows || group.started.elapsed() >= self.limits.max_wait {
+            self.commit_group().await?;
+        }
+        Ok(())
+    }
+
+    async fn resync_flips(
+        &mut self,
+        commit_lsn: Lsn,
+        flips: &[&pgsieve_filters::Flip],
+    ) -> Result<(), ApplyError> {
+        let Some(resync) = self.resync.take() else {
+            return Ok(());
+        };
+        let mut resync = resync;
+        let result = resync.run(self, commit_lsn, flips).await;
+        self.resync = Some(resync);
+        let rows = result?;
+        if let Some(group) = &mut self.group {
+            group.wrote = true;
+            group.rows += rows;
+        }
+        Ok(())
+    }
+
+    /// Commits the open follower transaction at a leader-transaction
+    /// boundary, recording the last applied end LSN as origin progress.
+    pub async fn commit_group(&mut self) -> Result<(), ApplyError> {
+        let Some(group) = self.group.take() else {
+            return Ok(());
+        };
+        if group.in_leader_txn {
+            self.group = Some(group);
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn: self.commit_lsn(),
+                what: "commit requested inside a leader transaction".into(),
+            });
+        }
+        if !group.wrote {
+            self.push_control(Control::ForceXid, group.commit_lsn)
+                .await?;
+        }
+        let client = self.client.clone();
+        let statement = self.xact_setup.clone();
+        let lsn = group.last_end.to_string();
+        let micros = group.last_time.0;
+        let context = ApplyContext {
+            commit_lsn: group.commit_lsn,
+            table: Arc::from("(origin)"),
+            op: "origin progress",
+        };
+        self.pipeline
+            .push(
+                async move { client.execute(&statement, &[&lsn, &micros]).await },
+                context,
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.push_control(Control::Commit, group.commit_lsn).await?;
+        self.pipeline.drain().await.map_err(|e| self.fail(e))?;
+        self.stats.follower_commits += 1;
+        self.progress.record(group.last_end);
+        Ok(())
+    }
+
+    async fn on_idle(&mut self, wal_end: Lsn) -> Result<(), ApplyError> {
+        if let Some(group) = &mut self.group {
+            if group.in_leader_txn {
+                return Ok(());
+            }
+            group.last_end = group.last_end.max(wal_end);
+            return self.commit_group().await;
+        }
+        let behind = wal_end > self.progress.committed_end();
+        if behind && self.last_idle_write.elapsed() >= Duration::from_millis(500) {
+            self.last_idle_write = Instant::now();
+            self.push_control(Control::Begin, wal_end).await?;
+            self.group = Some(Group {
+                started: Instant::now(),
+                rows: 0,
+                wrote: false,
+                last_end: wal_end,
+                last_time: PgTimestamp::now(),
+                in_leader_txn: false,
+                commit_lsn: wal_end,
+            });
+            self.commit_group().await?;
+        }
+        Ok(())
+    }
+
+    /// Abandons the open follower transaction (shutdown or reconnect).
+    pub async fn abandon(&mut self) {
+        self.pipeline.clear();
+        if self.group.take().is_some() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+    }
+
+    pub(crate) fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    pub(crate) fn leader(&self) -> &Arc<Client> {
+        &self.leader
+    }
+
+    pub(crate) fn follower_name(&self) -> &str {
+        &self.follower
+    }
+
+    pub(crate) async fn push_sql(
+        &mut self,
+        statement: &Statement,
+        params: Vec<WireValue>,
+        context: ApplyContext,
+    ) -> Result<(), ApplyError> {
+        self.push(statement, params, context).await
+    }
+
+    pub(crate) async fn push_future(
+        &mut self,
+        future: impl std::future::Future<Output = super::pipeline::StatementResult> + Send + 'static,
+        context: ApplyContext,
+    ) -> Result<(), ApplyError> {
+        self.pipeline
+            .push(future, context)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+}
+
+fn old_tuple(old: &OldTuple) -> &TupleData {
+    match old {
+        OldTuple::Key(t) | OldTuple::Full(t) => t,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Begin,
+    Commit,
+    ForceXid,
+}

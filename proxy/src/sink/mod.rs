@@ -1,0 +1,12 @@
+//! Sinks: applying the filtered stream of leader transactions to a follower
+//! with SQL (DESIGN.md "Apply").
+
+pub mod apply;
+pub mod catalog;
+pub mod origin;
+pub mod pipeline;
+pub mod resync;
+pub mod statements;
+pub mod value;
+
+pub use apply::{ApplyError, GroupLimits, Progress, Sink, SinkStats};

@@ -1,0 +1,54 @@
+//! The follower's replication origin: where progress lives, inside the same
+//! transactions as the data, so a crash at any instant resumes exactly.
+
+use pgsieve_protocol::Lsn;
+use tokio_postgres::Client;
+
+/// Prepares an apply session: triggers and FK checks off (the leader's WAL
+/// already carries their effects), synchronous commit on (a commit that
+/// returned is durable, so it may be acknowledged to the leader), and the
+/// origin created and bound to this session. Returns the origin's durable
+/// progress (`0/0` before the first transaction).
+pub async fn setup_apply_session(
+    client: &Client,
+    origin: &str,
+) -> Result<Lsn, tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "SET session_replication_role = replica; SET synchronous_commit = on; \
+             SET statement_timeout = 0; SET lock_timeout = 0",
+        )
+        .await?;
+    client
+        .execute(
+            "SELECT pg_replication_origin_create($1) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+            &[&origin],
+        )
+        .await?;
+    client
+        .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+        .await?;
+    origin_progress(client, origin).await
+}
+
+/// The durably flushed progress of `origin` (`0/0` if it has none).
+pub async fn origin_progress(client: &Client, origin: &str) -> Result<Lsn, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(pg_replication_origin_progress($1, true)::text, '0/0')",
+            &[&origin],
+        )
+        .await?;
+    let text: String = row.get(0);
+    Ok(text.parse().unwrap_or(Lsn::ZERO))
+}
+
+/// SQL that records `$1` (pg_lsn as text) and `$2` (commit time, µs since
+/// 2000-01-01 as bigint) as the progress of the current transaction.
+pub const XACT_SETUP_SQL: &str = "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, \
+     timestamptz '2000-01-01 00:00:00+00' + $2::bigint * interval '1 microsecond')";
+
+/// SQL that gives the current transaction an xid: PostgreSQL persists origin
+/// progress only for transactions that have one.
+pub const FORCE_XID_SQL: &str = "SELECT txid_current()";

@@ -1,0 +1,216 @@
+//! Grant and revoke effects on one follower: re-sync exactly the variables
+//! whose membership in this follower's replica set flipped, inside the
+//! follower transaction that applies the leader transaction causing it.
+//!
+//! Out of the set → delete the variable's `secrets` rows on the follower.
+//! In the set → delete them too, then copy the leader's *current* rows —
+//! but only those the leader, queried now with the same rule in SQL, still
+//! places in the set. The stream may lag the leader: a revoke committed
+//! there but not yet streamed must not let values through. Rows copied ahead
+//! of the stream are re-applied idempotently when their changes arrive.
+
+use std::sync::Arc;
+
+use pgsieve_filters::{Flip, ReplicaSetSpec, Rule};
+use pgsieve_protocol::Lsn;
+use tokio_postgres::{Client, Statement};
+
+use super::apply::{ApplyContext, ApplyError, Sink};
+use super::catalog::table_columns;
+use super::statements::quote_ident;
+use super::value::WireValue;
+
+const SECRETS: &str = "\"public\".\"secrets\"";
+
+/// Per-follower re-sync of flipped variables.
+#[derive(Debug)]
+pub struct Resync {
+    set: ReplicaSetSpec,
+    always_like: Vec<String>,
+    prepared: Option<Prepared>,
+}
+
+#[derive(Debug)]
+struct Prepared {
+    delete: Statement,
+    insert: Statement,
+    select_sql: String,
+}
+
+/// The leader-side rule in SQL: `$1` data group, `$2` variable ids, `$3`
+/// true for rule `any`, `$4` LIKE patterns of `always`.
+fn select_sql(columns: &[String]) -> String {
+    let list = columns
+        .iter()
+        .map(|c| format!("s.{}::text", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "WITH RECURSIVE closure(role_id) AS ( \
+           SELECT $1::text \
+           UNION SELECT m.role_id FROM role_memberships m JOIN closure c ON m.member_id = c.role_id) \
+         SELECT {list} FROM {SECRETS} s JOIN resources r ON r.resource_id = s.resource_id \
+         WHERE s.resource_id = ANY($2::text[]) AND ( \
+           r.owner_id IN (SELECT role_id FROM closure) \
+           OR EXISTS (SELECT 1 FROM permissions p WHERE p.resource_id = s.resource_id \
+                      AND p.role_id IN (SELECT role_id FROM closure) \
+                      AND ($3::bool OR p.privilege = 'execute')) \
+           OR s.resource_id LIKE ANY($4::text[]))"
+    )
+}
+
+/// A `*` glob as a LIKE pattern.
+pub fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len());
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Resync {
+    /// Re-sync for the follower holding replica set `set`.
+    pub fn new(set: ReplicaSetSpec) -> Self {
+        let always_like = set.always.iter().map(|g| glob_to_like(g)).collect();
+        Self {
+            set,
+            always_like,
+            prepared: None,
+        }
+    }
+
+    async fn prepare(&mut self, client: &Client, follower: &str) -> Result<&Prepared, ApplyError> {
+        if self.prepared.is_none() {
+            let err = |source| ApplyError::Statement {
+                follower: follower.to_owned(),
+                commit_lsn: Lsn::ZERO,
+                table: Arc::from(SECRETS),
+                op: "prepare resync",
+                source,
+            };
+            let columns: Vec<String> = table_columns(client, SECRETS)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            let names = columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let params = (1..=columns.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let delete = client
+                .prepare(&format!(
+                    "DELETE FROM {SECRETS} WHERE resource_id = ANY($1::text[])"
+                ))
+                .await
+                .map_err(err)?;
+            let insert = client
+                .prepare(&format!(
+                    "INSERT INTO {SECRETS} ({names}) VALUES ({params}) ON CONFLICT DO NOTHING"
+                ))
+                .await
+                .map_err(err)?;
+            self.prepared = Some(Prepared {
+                delete,
+                insert,
+                select_sql: select_sql(&columns),
+            });
+        }
+        self.prepared.as_ref().ok_or_else(|| ApplyError::Invalid {
+            follower: follower.to_owned(),
+            commit_lsn: Lsn::ZERO,
+            what: "resync statements missing".into(),
+        })
+    }
+
+    /// Re-syncs `flips` (all of this follower's set) inside the open
+    /// follower transaction; returns the rows copied.
+    pub async fn run(
+        &mut self,
+        sink: &mut Sink,
+        commit_lsn: Lsn,
+        flips: &[&Flip],
+    ) -> Result<u64, ApplyError> {
+        let client = sink.client().clone();
+        let follower = sink.follower_name().to_owned();
+        let prepared = self.prepare(&client, &follower).await?;
+        let (delete, insert, select) = (
+            prepared.delete.clone(),
+            prepared.insert.clone(),
+            prepared.select_sql.clone(),
+        );
+        let all: Vec<String> = flips.iter().map(|f| f.resource_id.clone()).collect();
+        let wanted: Vec<String> = flips
+            .iter()
+            .filter(|f| f.now_in)
+            .map(|f| f.resource_id.clone())
+            .collect();
+        let context = |op: &'static str| ApplyContext {
+            commit_lsn,
+            table: Arc::from(SECRETS),
+            op,
+        };
+        let client = sink.client().clone();
+        sink.push_future(
+            async move { client.execute(&delete, &[&all]).await },
+            context("resync purge"),
+        )
+        .await?;
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let any = self.set.rule == Rule::Any;
+        let rows = sink
+            .leader()
+            .query(
+                &select,
+                &[&self.set.data_group, &wanted, &any, &self.always_like],
+            )
+            .await
+            .map_err(|source| ApplyError::Statement {
+                follower: sink.follower_name().to_owned(),
+                commit_lsn,
+                table: Arc::from(SECRETS),
+                op: "resync read from leader",
+                source,
+            })?;
+        let copied = rows.len() as u64;
+        for row in rows {
+            let params: Vec<WireValue> = (0..row.len())
+                .map(|i| match row.get::<_, Option<String>>(i) {
+                    Some(text) => WireValue::text(text.into()),
+                    None => WireValue::NULL,
+                })
+                .collect();
+            sink.push_sql(&insert, params, context("resync copy"))
+                .await?;
+        }
+        Ok(copied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_become_escaped_like_patterns() {
+        assert_eq!(
+            glob_to_like("*:variable:conjur/shared/*"),
+            "%:variable:conjur/shared/%"
+        );
+        assert_eq!(glob_to_like("a_b%c"), "a\\_b\\%c");
+    }
+}

@@ -1,0 +1,352 @@
+//! The assembler state machine: decoded pgoutput messages → [`TxnEvent`]s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pgsieve_filters::{Effects, SetMask};
+use pgsieve_protocol::pgoutput::{LogicalMessage, ParseContext, PgOutputDecoder, Relation};
+use pgsieve_protocol::{DecodeError, Lsn};
+
+use super::event::{RowChange, RowOp, TxnBegin, TxnCommit, TxnEvent};
+use super::spool::{Spool, SpoolReplay};
+
+/// Why the stream cannot be assembled; always names the WAL position.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// The message bytes are malformed.
+    #[error("cannot decode pgoutput message at {lsn}: {source}")]
+    Decode {
+        /// WAL start of the XLogData that carried it.
+        lsn: Lsn,
+        /// What the decoder found.
+        source: DecodeError,
+    },
+    /// A change refers to a relation no Relation message described.
+    #[error("change at {lsn} refers to relation OID {oid}, which the leader never described")]
+    UnknownRelation {
+        /// WAL position of the change.
+        lsn: Lsn,
+        /// The relation OID.
+        oid: u32,
+    },
+    /// A message that cannot occur with the options pgsieve requests.
+    #[error("unexpected {what} at {lsn}")]
+    Unexpected {
+        /// WAL position.
+        lsn: Lsn,
+        /// What arrived, in words.
+        what: String,
+    },
+    /// The local spool of a streamed transaction failed.
+    #[error("spool of streamed transaction {xid} failed: {source}")]
+    Spool {
+        /// Top-level xid.
+        xid: u32,
+        /// The I/O cause.
+        source: std::io::Error,
+    },
+}
+
+/// Turns decoded pgoutput into ordered transaction events.
+#[derive(Debug)]
+pub struct Assembler {
+    decoder: PgOutputDecoder,
+    relations: HashMap<u32, Arc<Relation>>,
+    open_xid: Option<u32>,
+    streaming_xid: Option<u32>,
+    spools: HashMap<u32, Spool>,
+    spool_dir: PathBuf,
+}
+
+/// What one message produced.
+#[derive(Debug)]
+pub enum Assembled {
+    /// Nothing to forward (stream control, spooled change, ignored message).
+    Nothing,
+    /// One event to forward.
+    Event(TxnEvent),
+    /// A streamed transaction committed: drain this replay in order.
+    Replay(Box<StreamReplay>),
+}
+
+impl Assembler {
+    /// A fresh assembler (use a new one per replication session).
+    pub fn new(spool_dir: PathBuf) -> Self {
+        Self {
+            decoder: PgOutputDecoder::default(),
+            relations: HashMap::new(),
+            open_xid: None,
+            streaming_xid: None,
+            spools: HashMap::new(),
+            spool_dir,
+        }
+    }
+
+    /// True when no transaction is open or pending: everything received so
+    /// far has been handed on.
+    pub fn is_idle(&self) -> bool {
+        self.open_xid.is_none() && self.streaming_xid.is_none() && self.spools.is_empty()
+    }
+
+    /// Streamed transactions currently spooled.
+    pub fn spooled_transactions(&self) -> usize {
+        self.spools.len()
+    }
+
+    /// Handles the pgoutput message carried by the XLogData at `lsn`.
+    pub fn handle(&mut self, lsn: Lsn, data: Bytes) -> Result<Assembled, AssembleError> {
+        let message = self
+            .decoder
+            .decode(data.clone())
+            .map_err(|source| AssembleError::Decode { lsn, source })?;
+        let in_stream = self.streaming_xid;
+        Ok(match message {
+            LogicalMessage::Begin(begin) => {
+                self.open_xid = Some(begin.xid);
+                Assembled::Event(TxnEvent::Begin(TxnBegin {
+                    xid: begin.xid,
+                    commit_lsn: begin.final_lsn,
+                    commit_time: begin.commit_time,
+                    streamed: false,
+                }))
+            }
+            LogicalMessage::Commit(commit) => {
+                let xid = self
+                    .open_xid
+                    .take()
+                    .ok_or_else(|| AssembleError::Unexpected {
+                        lsn,
+                        what: "Commit outside a transaction".into(),
+                    })?;
+                Assembled::Event(TxnEvent::Commit(TxnCommit {
+                    xid,
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    commit_time: commit.commit_time,
+                    effects: Arc::new(Effects::default()),
+                }))
+            }
+            LogicalMessage::Relation(relation) => {
+                let relation = Arc::new(relation);
+                self.relations.insert(relation.oid, relation.clone());
+                Assembled::Event(TxnEvent::Relation(relation))
+            }
+            LogicalMessage::Insert(_)
+            | LogicalMessage::Update(_)
+            | LogicalMessage::Delete(_)
+            | LogicalMessage::Truncate(_)
+                if in_stream.is_some() =>
+            {
+                let top = in_stream.unwrap_or_default();
+                let subxid = message_xid(&message).unwrap_or(top);
+                let spool = self.spool_for(top)?;
+                spool
+                    .append(subxid, &data)
+                    .map_err(|source| AssembleError::Spool { xid: top, source })?;
+                Assembled::Nothing
+            }
+            LogicalMessage::Insert(_)
+            | LogicalMessage::Update(_)
+            | LogicalMessage::Delete(_)
+            | LogicalMessage::Truncate(_) => {
+                if self.open_xid.is_none() {
+                    return Err(AssembleError::Unexpected {
+                        lsn,
+                        what: "row change outside a transaction".into(),
+                    });
+                }
+                Assembled::Event(to_event(&self.relations, lsn, message)?)
+            }
+            LogicalMessage::StreamStart(start) => {
+                self.streaming_xid = Some(start.xid);
+                self.spool_for(start.xid)?;
+                Assembled::Nothing
+            }
+            LogicalMessage::StreamStop => {
+                self.streaming_xid = None;
+                Assembled::Nothing
+            }
+            LogicalMessage::StreamAbort(abort) => {
+                if abort.subxid == abort.xid {
+                    self.spools.remove(&abort.xid);
+                } else if let Some(spool) = self.spools.get_mut(&abort.xid) {
+                    spool
+                        .abort_subxact(abort.subxid)
+                        .map_err(|source| AssembleError::Spool {
+                            xid: abort.xid,
+                            source,
+                        })?;
+                }
+                Assembled::Nothing
+            }
+            LogicalMessage::StreamCommit(commit) => {
+                let spool = match self.spools.remove(&commit.xid) {
+                    Some(spool) => spool,
+                    None => Spool::create(&self.spool_dir, commit.xid).map_err(|source| {
+                        AssembleError::Spool {
+                            xid: commit.xid,
+                            source,
+                        }
+                    })?,
+                };
+                let reader = spool.into_replay().map_err(|source| AssembleError::Spool {
+                    xid: commit.xid,
+                    source,
+                })?;
+                Assembled::Replay(Box::new(StreamReplay {
+                    reader,
+                    lsn,
+                    state: ReplayState::Begin,
+                    begin: TxnBegin {
+                        xid: commit.xid,
+                        commit_lsn: commit.commit_lsn,
+                        commit_time: commit.commit_time,
+                        streamed: true,
+                    },
+                    commit: TxnCommit {
+                        xid: commit.xid,
+                        commit_lsn: commit.commit_lsn,
+                        end_lsn: commit.end_lsn,
+                        commit_time: commit.commit_time,
+                        effects: Arc::new(Effects::default()),
+                    },
+                }))
+            }
+            LogicalMessage::Type(_) | LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {
+                Assembled::Nothing
+            }
+            other => {
+                return Err(AssembleError::Unexpected {
+                    lsn,
+                    what: format!(
+                        "{} message (two-phase decoding is not requested)",
+                        other.name()
+                    ),
+                });
+            }
+        })
+    }
+
+    fn spool_for(&mut self, xid: u32) -> Result<&mut Spool, AssembleError> {
+        if !self.spools.contains_key(&xid) {
+            let spool = Spool::create(&self.spool_dir, xid)
+                .map_err(|source| AssembleError::Spool { xid, source })?;
+            self.spools.insert(xid, spool);
+        }
+        self.spools.get_mut(&xid).ok_or(AssembleError::Spool {
+            xid,
+            source: std::io::Error::other("spool vanished"),
+        })
+    }
+
+    /// Looks up a relation by OID.
+    pub fn relation(&self, oid: u32) -> Option<&Arc<Relation>> {
+        self.relations.get(&oid)
+    }
+}
+
+fn message_xid(message: &LogicalMessage) -> Option<u32> {
+    match message {
+        LogicalMessage::Insert(m) => m.xid,
+        LogicalMessage::Update(m) => m.xid,
+        LogicalMessage::Delete(m) => m.xid,
+        LogicalMessage::Truncate(m) => m.xid,
+        _ => None,
+    }
+}
+
+fn to_event(
+    relations: &HashMap<u32, Arc<Relation>>,
+    lsn: Lsn,
+    message: LogicalMessage,
+) -> Result<TxnEvent, AssembleError> {
+    let lookup = |oid: u32| {
+        relations
+            .get(&oid)
+            .cloned()
+            .ok_or(AssembleError::UnknownRelation { lsn, oid })
+    };
+    let (relation, op) = match message {
+        LogicalMessage::Insert(m) => (lookup(m.rel_id)?, RowOp::Insert(m)),
+        LogicalMessage::Update(m) => (lookup(m.rel_id)?, RowOp::Update(m)),
+        LogicalMessage::Delete(m) => (lookup(m.rel_id)?, RowOp::Delete(m)),
+        LogicalMessage::Truncate(m) => {
+            for oid in m.rel_ids.iter() {
+                lookup(*oid)?;
+            }
+            return Ok(TxnEvent::Truncate(m));
+        }
+        other => {
+            return Err(AssembleError::Unexpected {
+                lsn,
+                what: format!("{} where a row change was expected", other.name()),
+            });
+        }
+    };
+    Ok(TxnEvent::Change(RowChange {
+        relation,
+        op,
+        mask: SetMask::ALL,
+    }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplayState {
+    Begin,
+    Changes,
+    Done,
+}
+
+/// The events of one committed streamed transaction, read back from its spool.
+#[derive(Debug)]
+pub struct StreamReplay {
+    reader: SpoolReplay,
+    lsn: Lsn,
+    state: ReplayState,
+    begin: TxnBegin,
+    commit: TxnCommit,
+}
+
+impl StreamReplay {
+    /// The next event (Begin, each change, Commit), `None` after Commit.
+    pub fn next_event(&mut self, assembler: &Assembler) -> Result<Option<TxnEvent>, AssembleError> {
+        match self.state {
+            ReplayState::Begin => {
+                self.state = ReplayState::Changes;
+                Ok(Some(TxnEvent::Begin(self.begin)))
+            }
+            ReplayState::Changes => {
+                let next = self
+                    .reader
+                    .next_message()
+                    .map_err(|source| AssembleError::Spool {
+                        xid: self.begin.xid,
+                        source,
+                    })?;
+                match next {
+                    Some(data) => {
+                        let message = LogicalMessage::parse(
+                            data,
+                            ParseContext {
+                                in_stream: true,
+                                parallel_abort: false,
+                            },
+                        )
+                        .map_err(|source| AssembleError::Decode {
+                            lsn: self.lsn,
+                            source,
+                        })?;
+                        to_event(&assembler.relations, self.lsn, message).map(Some)
+                    }
+                    None => {
+                        self.state = ReplayState::Done;
+                        Ok(Some(TxnEvent::Commit(self.commit.clone())))
+                    }
+                }
+            }
+            ReplayState::Done => Ok(None),
+        }
+    }
+}
