@@ -2,9 +2,9 @@
 //!
 //! Published tokio-postgres cannot open a `replication=database` session nor
 //! handle CopyBoth, so pgsieve owns this one connection on tokio +
-//! postgres-protocol: its own 5-byte framing ([`framing`]), the few backend
-//! bodies it needs ([`messages`]), SCRAM/MD5/cleartext login ([`auth`]), TLS
-//! through rustls ([`tls`]). Every ordinary session (snapshot reads, follower
+//! postgres-protocol: its own 5-byte framing (`framing.rs`), the few backend
+//! bodies it needs (`messages.rs`), SCRAM/MD5/cleartext login (`auth.rs`), TLS
+//! through rustls (`tls.rs`). Every ordinary session (snapshot reads, follower
 //! apply) uses tokio-postgres instead.
 //!
 //! Lifecycle:
