@@ -1,3 +1,6 @@
 //! pgsieve integration tests: one binary, one module per behaviour, every test
 //! against real PostgreSQL clusters started by `pgsieve::harness`.
 mod source;
+mod support;
+mod harness;
+mod oracle;

@@ -7,10 +7,16 @@ table comparisons ([`compare`]). Behind the `harness` feature.
 */
 
 pub mod cluster;
+pub mod compare;
 pub mod conjur;
 pub mod error;
+pub mod generate;
+pub mod oracle;
 pub mod topology;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterSpec, Profile};
 pub use error::HarnessError;
+pub use oracle::{OracleRule, variables_in_set};
 pub use topology::Topology;
+pub mod process;
