@@ -2,5 +2,7 @@
 //! against real PostgreSQL clusters started by `pgsieve::harness`.
 mod source;
 mod support;
+mod replication;
 mod harness;
 mod oracle;
+mod partial;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use pgsieve::harness::Topology;
 use pgsieve::harness::cluster::CONJUR_DB;
+use pgsieve::harness::compare::dump_table;
 use pgsieve::harness::conjur::id;
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::{
@@ -14,15 +15,6 @@ use pgsieve::setup::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use crate::support::ok;
-
-/// Every row of `table` as text, sorted: equal dumps mean equal tables.
-pub async fn dump(client: &Client, table: &str) -> Vec<String> {
-    let rows = client
-        .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
-        .await
-        .unwrap_or_else(|e| panic!("dumping {table}: {e}"));
-    rows.iter().map(|r| r.get(0)).collect()
-}
 
 /// Waits until the follower's origin has recorded the leader's current WAL
 /// insert position (everything committed so far is applied), or panics with
@@ -43,7 +35,8 @@ pub async fn wait_caught_up(
     loop {
         let row = follower
             .query_one(
-                "SELECT coalesce(pg_replication_origin_progress($1, true) >= $2::text::pg_lsn, false)",
+                "SELECT coalesce((SELECT pg_replication_origin_progress(roname, true) FROM pg_replication_origin \
+                  WHERE roname = $1) >= $2::text::pg_lsn, false)",
                 &[&origin, &target],
             )
             .await
@@ -64,7 +57,10 @@ pub async fn wait_caught_up(
 /// Asserts every published table is equal on leader and follower.
 pub async fn assert_tables_equal(leader: &Client, follower: &Client, tables: &[&str]) {
     for table in tables {
-        let (l, f) = (dump(leader, table).await, dump(follower, table).await);
+        let (l, f) = (
+            ok(dump_table(leader, table).await),
+            ok(dump_table(follower, table).await),
+        );
         assert!(
             l == f,
             "table {table} differs: leader {} rows, follower {} rows\nfirst leader-only: {:?}\nfirst follower-only: {:?}",
