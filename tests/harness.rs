@@ -432,3 +432,30 @@ async fn versions_of(client: &tokio_postgres::Client, var: &str) -> Vec<i32> {
         .map(|r| r.get(0))
         .collect()
 }
+
+/// Not a pass/fail test: prints how long a 100k-row policy load takes
+/// (`cargo nextest run -p pgsieve-tests --run-ignored only large_policy_load`).
+#[tokio::test]
+#[ignore = "timing report, run on demand"]
+async fn large_policy_load_timing() {
+    let c = ok(Cluster::start(ClusterSpec::leader("large")));
+    let mut client = ok(conjur::prepare_conjur(&c).await);
+    let spec = PolicySpec::new("acme", 250, 100, 3);
+    ok(workload::create_account(&mut client, "acme").await);
+    let [top, body] = spec.loads();
+    ok(workload::load_policy(&mut client, &top).await);
+    let t = std::time::Instant::now();
+    ok(workload::load_policy(&mut client, &body).await);
+    let load = t.elapsed();
+    let t = std::time::Instant::now();
+    let n = ok(workload::add_secret_versions(&client, &spec.variables(), 3, 32, 1).await);
+    let secrets = t.elapsed();
+    let logged = count(&client, "SELECT count(*) FROM policy_log").await;
+    println!(
+        "policy load: {} rows written directly, {logged} policy_log rows, {:.2?}; \
+         {n} secret versions in {:.2?}",
+        body.row_count(),
+        load,
+        secrets
+    );
+}
