@@ -25,7 +25,7 @@ use crate::feedback::Feedback;
 use crate::filter::{FilterStage, FilterStageError};
 use crate::sink::origin::setup_apply_session;
 use crate::sink::resync::Resync;
-use crate::sink::{ApplyError, GroupLimits, Progress, Sink};
+use crate::sink::{ApplyError, GroupLimits, Progress, Sink, SinkSpec};
 use crate::source::{ReplicationConnection, SnapshotAction, SourceConfig, SourceError};
 use crate::txn::assemble::Assembled;
 use crate::txn::{AssembleError, Assembler, TxnEvent};
@@ -267,17 +267,14 @@ async fn run_session(config: &Config, mut shutdown: watch::Receiver<bool>) -> Re
     for f in followers {
         let progress = Progress::starting_at(f.origin_lsn);
         progresses.push(progress.clone());
-        let sink = Sink::new(
-            f.name.clone(),
-            f.client.clone(),
-            leader.clone(),
-            f.set_bit,
-            f.resync,
+        let spec = SinkSpec {
+            follower: f.name.clone(),
+            set_bit: f.set_bit,
+            resync: f.resync,
             limits,
-            progress,
-            f.origin_lsn,
-        )
-        .await?;
+            skip_until: f.origin_lsn,
+        };
+        let sink = Sink::new(spec, f.client.clone(), leader.clone(), progress).await?;
         let (tx, rx) = mpsc::channel::<TxnEvent>(8192);
         senders.push(tx);
         sinks.spawn(run_sink(sink, rx));
@@ -431,11 +428,9 @@ async fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<TxnEvent>) -> Result<()
         Ok(())
     }
     .await;
-    if result.is_err() {
-        sink.abandon().await;
-    } else {
-        sink.abandon().await;
-    }
+    // Whatever is still open is an incomplete leader transaction (or a
+    // failed one): roll it back; it will be streamed again.
+    sink.abandon().await;
     let stats = sink.stats();
     tracing::info!(
         follower = sink.follower(),

@@ -84,8 +84,7 @@ impl ApplyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Statement { source, .. } => {
-                source.is_closed()
-                    || source.as_db_error().is_none() && !matches!(source.code(), Some(_))
+                source.is_closed() || source.as_db_error().is_none() && source.code().is_none()
             }
             ApplyError::Schema {
                 source: SchemaMismatch::Query { source, .. },
@@ -138,6 +137,21 @@ pub struct GroupLimits {
     pub max_rows: u64,
     /// Longest a follower transaction stays open.
     pub max_wait: Duration,
+}
+
+/// What one sink applies and how.
+#[derive(Debug)]
+pub struct SinkSpec {
+    /// Follower name (logs, errors).
+    pub follower: String,
+    /// Bit of the follower's replica set; `None` receives every row.
+    pub set_bit: Option<usize>,
+    /// Grant/revoke re-sync for the follower's set.
+    pub resync: Option<super::resync::Resync>,
+    /// Group-commit bounds.
+    pub limits: GroupLimits,
+    /// Skip leader transactions committed before this LSN (already applied).
+    pub skip_until: Lsn,
 }
 
 /// Counters a sink keeps for logs and metrics.
@@ -220,15 +234,18 @@ impl Sink {
     /// A sink over an apply session already set up with
     /// [`super::origin::setup_apply_session`].
     pub async fn new(
-        follower: String,
+        spec: SinkSpec,
         client: Arc<Client>,
         leader: Arc<Client>,
-        set_bit: Option<usize>,
-        resync: Option<super::resync::Resync>,
-        limits: GroupLimits,
         progress: Arc<Progress>,
-        skip_until: Lsn,
     ) -> Result<Sink, ApplyError> {
+        let SinkSpec {
+            follower,
+            set_bit,
+            resync,
+            limits,
+            skip_until,
+        } = spec;
         let control = |op: &'static str| ApplyContext {
             commit_lsn: Lsn::ZERO,
             table: Arc::from("(session)"),

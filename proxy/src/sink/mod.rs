@@ -9,4 +9,4 @@ pub mod resync;
 pub mod statements;
 pub mod value;
 
-pub use apply::{ApplyError, GroupLimits, Progress, Sink, SinkStats};
+pub use apply::{ApplyError, GroupLimits, Progress, Sink, SinkSpec, SinkStats};
