@@ -234,23 +234,32 @@ async fn assert_agrees(client: &tokio_postgres::Client, g: &RandomGraph, model: 
             assert_eq!(got, want, "{ctx}: {group} {rule:?}");
         }
         // Conjur's own functions agree with the oracle, variable by variable.
-        for var in g.variables.iter().filter(|v| model.owner.contains_key(*v)) {
-            let row = client
-                .query_one(
-                    "SELECT is_role_allowed_to($1, 'execute', $2), is_resource_visible($2, $1)",
-                    &[group, var],
-                )
-                .await
-                .unwrap();
-            let (allowed, visible): (bool, bool) = (row.get(0), row.get(1));
+        let live: Vec<&String> = g
+            .variables
+            .iter()
+            .filter(|v| model.owner.contains_key(*v))
+            .collect();
+        let rows = client
+            .query(
+                "SELECT v, is_role_allowed_to($1, 'execute', v), is_resource_visible(v, $1)
+                 FROM unnest($2::text[]) AS v",
+                &[group, &live],
+            )
+            .await
+            .unwrap();
+        let execute = model.in_set(group, OracleRule::Execute);
+        let any = model.in_set(group, OracleRule::Any);
+        for row in rows {
+            let (var, allowed, visible): (String, bool, bool) =
+                (row.get(0), row.get(1), row.get(2));
             assert_eq!(
                 allowed,
-                model.in_set(group, OracleRule::Execute).contains(var),
+                execute.contains(&var),
                 "{ctx}: is_role_allowed_to({group}, execute, {var})"
             );
             assert_eq!(
                 visible,
-                model.in_set(group, OracleRule::Any).contains(var),
+                any.contains(&var),
                 "{ctx}: is_resource_visible({var}, {group})"
             );
         }
