@@ -49,7 +49,16 @@ async fn check(leader: &Client, followers: &[Follower<'_>], rule: OracleRule, st
     }
 }
 
-async fn grants_and_revokes_move_exactly_their_variables(rule: OracleRule) {
+/// How pgsieve is deployed for the test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One process and slot per follower.
+    Sidecars,
+    /// One process, one slot, both followers.
+    Hub,
+}
+
+async fn grants_and_revokes_move_exactly_their_variables(rule: OracleRule, mode: Mode) {
     let topology = ok(Topology::start(2));
     let (mut leader, followers) = ok(topology.prepare_conjur().await);
     let east = ReplicaSet::new("east");
@@ -80,29 +89,39 @@ async fn grants_and_revokes_move_exactly_their_variables(rule: OracleRule) {
     } else {
         "execute"
     };
-    let mut processes = Vec::new();
-    for (i, set) in [&east, &west].into_iter().enumerate() {
-        let slot = format!("pgsieve_{}", set.name);
-        let mut entry =
-            FollowerEntry::filtered(&set.name, &topology.followers[i], &set.data_group());
-        entry.privilege = privilege;
-        processes.push((
-            slot.clone(),
-            ok(PgsieveProcess::start(&PgsieveConfig::new(
-                &topology.leader,
-                &slot,
-                vec![entry],
-            ))),
-        ));
-    }
-    let fs: Vec<Follower<'_>> = processes
-        .iter()
+    let entries: Vec<FollowerEntry> = [&east, &west]
+        .into_iter()
         .enumerate()
-        .map(|(i, (slot, process))| Follower {
-            client: &followers[i],
-            process,
-            origin: format!("pgsieve_{slot}"),
-            data_group: [&east, &west][i].data_group(),
+        .map(|(i, set)| {
+            let mut entry =
+                FollowerEntry::filtered(&set.name, &topology.followers[i], &set.data_group());
+            entry.privilege = privilege;
+            entry
+        })
+        .collect();
+    let processes: Vec<(String, PgsieveProcess)> = match mode {
+        Mode::Sidecars => entries
+            .into_iter()
+            .map(|entry| {
+                let slot = format!("pgsieve_{}", entry.name);
+                let config = PgsieveConfig::new(&topology.leader, &slot, vec![entry]);
+                (slot, ok(PgsieveProcess::start(&config)))
+            })
+            .collect(),
+        Mode::Hub => {
+            let config = PgsieveConfig::new(&topology.leader, "pgsieve_hub", entries);
+            vec![("pgsieve_hub".to_owned(), ok(PgsieveProcess::start(&config)))]
+        }
+    };
+    let fs: Vec<Follower<'_>> = (0..2)
+        .map(|i| {
+            let (slot, process) = &processes[i.min(processes.len() - 1)];
+            Follower {
+                client: &followers[i],
+                process,
+                origin: format!("pgsieve_{slot}"),
+                data_group: [&east, &west][i].data_group(),
+            }
         })
         .collect();
     check(&leader, &fs, rule, "initial copy").await;
@@ -322,10 +341,15 @@ async fn grants_and_revokes_move_exactly_their_variables(rule: OracleRule) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_rule_grants_and_revokes_move_exactly_their_variables() {
-    grants_and_revokes_move_exactly_their_variables(OracleRule::Execute).await;
+    grants_and_revokes_move_exactly_their_variables(OracleRule::Execute, Mode::Sidecars).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_mode_serves_two_replica_sets_from_one_slot() {
+    grants_and_revokes_move_exactly_their_variables(OracleRule::Execute, Mode::Hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_rule_grants_and_revokes_move_exactly_their_variables() {
-    grants_and_revokes_move_exactly_their_variables(OracleRule::Any).await;
+    grants_and_revokes_move_exactly_their_variables(OracleRule::Any, Mode::Sidecars).await;
 }
