@@ -537,7 +537,7 @@ fn reap_orphans() {
         else {
             continue; // being created right now, or not ours
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if is_alive(pid) {
             continue;
         }
         if let Ok(bindir) = bindir() {
@@ -557,6 +557,21 @@ fn reap_orphans() {
             }
         }
         let _ = fs::remove_dir_all(&path);
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie (in containers PID 1 may never reap
+/// a killed test process, leaving its `/proc` entry behind).
+fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat.get(i + 1..))
+                .and_then(|rest| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
     }
 }
 
