@@ -78,13 +78,11 @@ impl ModelBuilder {
         let mut m = self.model;
         let mut touched = Vec::new();
         m.recompute_closures(m.all, &mut touched);
-        for i in 0..m.mask.len() {
+        for i in 0..m.names.len() {
             // Handles were u32 when interned, so the conversion cannot fail.
             let Ok(var) = Sym::try_from(i) else { break };
             let mask = m.compute_mask(var);
-            if let Some(slot) = m.mask.get_mut(i) {
-                *slot = mask;
-            }
+            m.names.set_payload(var, mask);
         }
         m.pending.clear();
         m

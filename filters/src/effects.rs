@@ -48,7 +48,7 @@ impl Model {
         let pending = std::mem::take(&mut self.pending);
         let mut flips = Vec::new();
         for (var, flipped) in pending {
-            let mask = self.mask.get(var as usize).copied().unwrap_or(0);
+            let mask = self.names.payload(var);
             for set in SetMask(flipped).iter() {
                 flips.push(Flip {
                     set,

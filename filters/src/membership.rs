@@ -32,12 +32,9 @@ impl Model {
     /// Brings one variable's mask up to date, recording a flip if it changed.
     pub(crate) fn refresh(&mut self, var: Sym) {
         let new = self.compute_mask(var);
-        let Some(slot) = self.mask.get_mut(var as usize) else {
-            return;
-        };
-        let old = *slot;
+        let old = self.names.payload(var);
         if new != old {
-            *slot = new;
+            self.names.set_payload(var, new);
             *self.pending.entry(var).or_insert(0) |= old ^ new;
         }
     }

@@ -1,7 +1,8 @@
 //! The model itself: interned ids, per-id dense state, and the per-row decision.
 //!
-//! Every id (role or variable) gets a dense [`Sym`]; per-id state sits in parallel vectors
-//! indexed by it, so a decision is one hash lookup plus one load: `mask[sym]`. The mask of
+//! Every id (role or variable) gets a dense [`Sym`]; its set mask is the interner's payload,
+//! stored beside its name, so a decision is one hash lookup. Other per-id state sits in
+//! parallel vectors indexed by the handle. The mask of
 //! a variable is kept current by `feed` (see `membership.rs`); the mask of any other kind
 //! is all configured sets, fixed when the id is interned.
 
@@ -29,8 +30,6 @@ pub struct Model {
     /// Bits of the sets whose rule is [`Rule::Any`].
     pub(crate) any_rule: u64,
     pub(crate) names: Interner,
-    /// Per sym: decision for rows of that id.
-    pub(crate) mask: Vec<u64>,
     /// Per sym: sets whose data-group closure holds this role.
     pub(crate) closure_bits: Vec<u64>,
     /// Per sym: owner of the variable (`NO_SYM` when it has no `resources` row).
@@ -77,7 +76,6 @@ impl Model {
             all,
             any_rule,
             names: Interner::default(),
-            mask: Vec::new(),
             closure_bits: Vec::new(),
             owner: Vec::new(),
             perms: Vec::new(),
@@ -121,7 +119,7 @@ impl Model {
     #[inline]
     pub fn decide(&self, resource_id: &[u8]) -> SetMask {
         match self.names.get(resource_id) {
-            Some(s) => SetMask(self.mask.get(s as usize).copied().unwrap_or(0)),
+            Some((_, mask)) => SetMask(mask),
             None => self.decide_unknown(resource_id),
         }
     }
@@ -144,7 +142,7 @@ impl Model {
         (0..self.names.len()).filter_map(move |i| {
             let in_set = self.is_variable.get(i).copied().unwrap_or(false)
                 && self.owner.get(i).is_some_and(|&o| o != NO_SYM)
-                && self.mask.get(i).is_some_and(|&m| m & bit != 0);
+                && self.names.payload(i as Sym) & bit != 0;
             // `i < names.len()` fits a Sym: the interner hands out u32 handles.
             in_set.then(|| self.names.name(i as Sym))
         })
@@ -154,7 +152,7 @@ impl Model {
     pub fn approx_heap_bytes(&self) -> usize {
         use std::mem::size_of;
         let n = self.names.len();
-        let dense = n * (2 * size_of::<u64>() + size_of::<Sym>() + size_of::<Box<[Perm]>>() + 1);
+        let dense = n * (size_of::<u64>() + size_of::<Sym>() + size_of::<Box<[Perm]>>() + 1);
         let perms: usize = self.perms.iter().map(|p| p.len() * size_of::<Perm>()).sum();
         let roles: usize = self
             .roles
@@ -170,20 +168,21 @@ impl Model {
 
     /// Handle of an id, interning it (and its per-id state) when new.
     pub(crate) fn intern_id(&mut self, id: &str) -> Result<Sym, FilterError> {
-        if let Some(s) = self.names.get(id.as_bytes()) {
+        if let Some((s, _)) = self.names.get(id.as_bytes()) {
             return Ok(s);
         }
         let is_var = ResourceId::parse_str(id)?.is_variable();
-        let (s, _) = self.names.intern(id);
         let always = if is_var {
             self.always_bits(id.as_bytes())
         } else {
             0
         };
+        let (s, _) = self
+            .names
+            .intern(id, if is_var { always } else { self.all });
         if always != 0 {
             self.always.insert(s, always);
         }
-        self.mask.push(if is_var { always } else { self.all });
         self.closure_bits.push(0);
         self.owner.push(NO_SYM);
         self.perms.push(Box::default());
@@ -193,7 +192,7 @@ impl Model {
 
     /// Handle of an id already interned (deletes never intern).
     pub(crate) fn lookup(&self, id: &str) -> Option<Sym> {
-        self.names.get(id.as_bytes())
+        self.names.get(id.as_bytes()).map(|(s, _)| s)
     }
 
     /// Sets whose `always` patterns match `id`.
