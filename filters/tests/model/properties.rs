@@ -387,7 +387,10 @@ fn run(sets: Vec<ReplicaSetSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+    // 600 cases by default; `PROPTEST_CASES=N` for a longer run.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(600)
+    ))]
 
     #[test]
     fn incremental_model_matches_naive_after_every_step(sets in sets(), ops in prop::collection::vec(op(), 0..60)) {
