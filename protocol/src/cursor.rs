@@ -2,27 +2,32 @@
 //!
 //! Every read is bounds-checked and reports a [`DecodeError`] with the offset,
 //! the message tag and the field name; slices of the buffer come out as
-//! `Bytes` sharing the frame (no copy).
+//! `Bytes` sharing the frame (no copy). The cursor owns the buffer, so a part
+//! that runs to the end of it (the XLogData payload, the last tuple of a
+//! change) is handed over without even a reference-count increment.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::error::{DecodeError, DecodeErrorKind};
 use crate::lsn::Lsn;
 use crate::timestamp::PgTimestamp;
 
 /// Reads big-endian fields from `data`, starting at `pos`.
-pub(crate) struct Cursor<'a> {
-    data: &'a Bytes,
+pub(crate) struct Cursor {
+    data: Bytes,
+    /// Length of `data` as received (it is emptied when its tail is taken).
+    len: usize,
     pos: usize,
     tag: Option<u8>,
 }
 
 pub(crate) type Result<T> = std::result::Result<T, DecodeError>;
 
-impl<'a> Cursor<'a> {
+impl Cursor {
     /// A reader at the start of `data`.
-    pub(crate) fn new(data: &'a Bytes) -> Self {
+    pub(crate) fn new(data: Bytes) -> Self {
         Cursor {
+            len: data.len(),
             data,
             pos: 0,
             tag: None,
@@ -51,8 +56,8 @@ impl<'a> Cursor<'a> {
 
     /// The next `n` bytes as a borrowed slice.
     #[inline]
-    pub(crate) fn slice(&mut self, n: usize, expected: &'static str) -> Result<&'a [u8]> {
-        let data: &'a [u8] = self.data.as_ref();
+    pub(crate) fn slice(&mut self, n: usize, expected: &'static str) -> Result<&[u8]> {
+        let data: &[u8] = self.data.as_ref();
         let end = self.pos.checked_add(n);
         match end.and_then(|end| data.get(self.pos..end)) {
             Some(s) => {
@@ -74,8 +79,7 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     pub(crate) fn u8(&mut self, expected: &'static str) -> Result<u8> {
-        let data: &'a [u8] = self.data.as_ref();
-        match data.get(self.pos) {
+        match self.data.get(self.pos) {
             Some(&b) => {
                 self.pos += 1;
                 Ok(b)
@@ -143,16 +147,17 @@ impl<'a> Cursor<'a> {
     }
 
     /// A NUL-terminated UTF-8 string, borrowed; the NUL is consumed.
-    pub(crate) fn cstr(&mut self, expected: &'static str) -> Result<&'a str> {
-        let data: &'a [u8] = self.data.as_ref();
+    pub(crate) fn cstr(&mut self, expected: &'static str) -> Result<&str> {
+        let data: &[u8] = self.data.as_ref();
         let start = self.pos;
         let rest = data.get(start..).unwrap_or_default();
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
             return Err(self.error_at(start, DecodeErrorKind::MissingNul, expected));
         };
         let bytes = rest.get(..nul).unwrap_or_default();
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| self.error_at(start, DecodeErrorKind::InvalidUtf8, expected))?;
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(self.error_at(start, DecodeErrorKind::InvalidUtf8, expected));
+        };
         self.pos = start + nul + 1;
         Ok(text)
     }
@@ -167,31 +172,46 @@ impl<'a> Cursor<'a> {
     /// The next `n` bytes sharing the buffer.
     pub(crate) fn bytes(&mut self, n: usize, expected: &'static str) -> Result<Bytes> {
         let start = self.pos;
-        self.slice(n, expected)?;
-        Ok(self.data.slice(start..self.pos))
+        self.skip(n, expected)?;
+        Ok(self.since(start))
     }
 
-    /// A sub-buffer `start..self.pos` sharing the buffer.
-    pub(crate) fn since(&self, start: usize) -> Bytes {
-        self.data.slice(start.min(self.pos)..self.pos)
+    /// A sub-buffer `start..self.pos` sharing the buffer. When it reaches
+    /// the end of the buffer the cursor gives up its buffer instead of
+    /// cloning it (later reads then see end of data, as they would anyway).
+    pub(crate) fn since(&mut self, start: usize) -> Bytes {
+        let start = start.min(self.pos);
+        if self.pos == self.len && self.data.len() == self.len {
+            let mut tail = std::mem::take(&mut self.data);
+            tail.advance(start);
+            tail
+        } else if self.pos <= self.data.len() {
+            self.data.slice(start..self.pos)
+        } else {
+            Bytes::new()
+        }
+    }
+
+    /// Skips `n` bytes.
+    pub(crate) fn skip(&mut self, n: usize, expected: &'static str) -> Result<()> {
+        self.slice(n, expected).map(|_| ())
     }
 
     /// The unread bytes, borrowed, without consuming them.
-    pub(crate) fn peek_rest(&self) -> &'a [u8] {
-        let data: &'a [u8] = self.data.as_ref();
-        data.get(self.pos..).unwrap_or_default()
+    pub(crate) fn peek_rest(&self) -> &[u8] {
+        self.data.get(self.pos..).unwrap_or_default()
     }
 
     /// Everything after the current position, sharing the buffer.
     pub(crate) fn rest(&mut self) -> Bytes {
-        let start = self.pos.min(self.data.len());
-        self.pos = self.data.len();
-        self.data.slice(start..)
+        let start = self.pos.min(self.len);
+        self.pos = self.len;
+        self.since(start)
     }
 
     /// Fails unless the whole buffer was consumed.
     pub(crate) fn finish(&self) -> Result<()> {
-        if self.pos == self.data.len() {
+        if self.pos == self.len {
             Ok(())
         } else {
             Err(self.error_at(self.pos, DecodeErrorKind::TrailingBytes, "end of message"))

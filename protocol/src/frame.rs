@@ -5,7 +5,7 @@
 //! `payload` everywhere means the CopyData body without the 5-byte CopyData
 //! header. Encoders live in `encode.rs`.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::cursor::Cursor;
 use crate::error::{DecodeError, DecodeErrorKind};
@@ -72,8 +72,24 @@ impl ReplicationMessage {
     ///
     /// An unknown tag is `DecodeErrorKind::UnknownTag`; a caller may choose
     /// to skip such messages.
-    pub fn parse(payload: Bytes) -> Result<ReplicationMessage, DecodeError> {
-        let mut c = Cursor::new(&payload);
+    #[inline]
+    pub fn parse(mut payload: Bytes) -> Result<ReplicationMessage, DecodeError> {
+        // Fast path for the common case, a complete XLogData header: no
+        // cursor, and the payload itself becomes `data` (no refcount change).
+        if let Some([XLOG_DATA_TAG, header @ ..]) = payload.first_chunk::<25>() {
+            let header = XLogData {
+                wal_start: Lsn(u64::from_be_bytes(be8(header, 0))),
+                wal_end: Lsn(u64::from_be_bytes(be8(header, 8))),
+                send_time: PgTimestamp(i64::from_be_bytes(be8(header, 16))),
+                data: Bytes::new(),
+            };
+            payload.advance(25);
+            return Ok(ReplicationMessage::XLogData(XLogData {
+                data: payload,
+                ..header
+            }));
+        }
+        let mut c = Cursor::new(payload);
         let tag = c.u8("replication message tag")?;
         c.set_tag(tag);
         match tag {
@@ -109,11 +125,21 @@ impl ReplicationMessage {
     }
 }
 
+/// The 8 bytes at `at` of a fixed-size header (zeros if out of range,
+/// which the callers' lengths rule out).
+#[inline(always)]
+fn be8(header: &[u8; 24], at: usize) -> [u8; 8] {
+    header
+        .get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or_default()
+}
+
 impl StandbyStatusUpdate {
     /// Decodes an `'r'` payload (the leader never sends one; tests and
     /// fakes of the leader do).
     pub fn parse(payload: Bytes) -> Result<StandbyStatusUpdate, DecodeError> {
-        let mut c = Cursor::new(&payload);
+        let mut c = Cursor::new(payload);
         let tag = c.u8("status update tag")?;
         c.set_tag(tag);
         if tag != STANDBY_STATUS_UPDATE_TAG {

@@ -117,7 +117,8 @@ pub struct Truncate {
 }
 
 /// Reads a marker byte and fails unless it is one of `allowed`.
-fn marker(c: &mut Cursor<'_>, allowed: &[u8], expected: &'static str) -> Result<u8> {
+#[inline]
+fn marker(c: &mut Cursor, allowed: &[u8], expected: &'static str) -> Result<u8> {
     let at = c.pos();
     let byte = c.u8(expected)?;
     if allowed.contains(&byte) {
@@ -128,7 +129,8 @@ fn marker(c: &mut Cursor<'_>, allowed: &[u8], expected: &'static str) -> Result<
 }
 
 impl Insert {
-    pub(crate) fn parse(c: &mut Cursor<'_>, xid: Option<u32>) -> Result<Insert> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor, xid: Option<u32>) -> Result<Insert> {
         let rel_id = c.u32("Insert relation OID")?;
         marker(c, &[TUPLE_NEW], "tuple marker 'N'")?;
         Ok(Insert {
@@ -140,7 +142,8 @@ impl Insert {
 }
 
 impl Update {
-    pub(crate) fn parse(c: &mut Cursor<'_>, xid: Option<u32>) -> Result<Update> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor, xid: Option<u32>) -> Result<Update> {
         let rel_id = c.u32("Update relation OID")?;
         let first = marker(
             c,
@@ -165,7 +168,8 @@ impl Update {
 }
 
 impl Delete {
-    pub(crate) fn parse(c: &mut Cursor<'_>, xid: Option<u32>) -> Result<Delete> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor, xid: Option<u32>) -> Result<Delete> {
         let rel_id = c.u32("Delete relation OID")?;
         let kind = marker(c, &[TUPLE_KEY, TUPLE_OLD], "tuple marker 'K' or 'O'")?;
         let tuple = TupleData::parse(c)?;
@@ -179,7 +183,8 @@ impl Delete {
 }
 
 impl Truncate {
-    pub(crate) fn parse(c: &mut Cursor<'_>, xid: Option<u32>) -> Result<Truncate> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor, xid: Option<u32>) -> Result<Truncate> {
         let count = c.len_i32("Truncate relation count")?;
         let options = TruncateOptions::from_byte(c.u8("Truncate options")?);
         // Never reserve more than the frame can hold (4 bytes per OID).

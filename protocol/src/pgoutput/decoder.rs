@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::error::{DecodeError, DecodeErrorKind};
-use crate::pgoutput::message::{LogicalMessage, ParseContext};
+use crate::pgoutput::message::{LogicalMessage, ParseContext, STREAM_START_TAG, STREAM_STOP_TAG};
 
 /// Stateful pgoutput decoder for one replication session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,29 +56,30 @@ impl PgOutputDecoder {
     ///
     /// A nested Stream Start or a Stream Stop outside a block is an error;
     /// on any error the state is unchanged.
+    #[inline]
     pub fn decode(&mut self, data: Bytes) -> Result<LogicalMessage, DecodeError> {
+        let tag = data.first().copied();
+        match tag {
+            Some(STREAM_START_TAG) if self.in_stream => {
+                return Err(state_error(
+                    DecodeErrorKind::NestedStreamStart,
+                    STREAM_START_TAG,
+                    "Stream Stop before the next Stream Start",
+                ));
+            }
+            Some(STREAM_STOP_TAG) if !self.in_stream => {
+                return Err(state_error(
+                    DecodeErrorKind::StreamStopOutsideStream,
+                    STREAM_STOP_TAG,
+                    "Stream Start before Stream Stop",
+                ));
+            }
+            _ => {}
+        }
         let message = LogicalMessage::parse(data, self.context())?;
-        match &message {
-            LogicalMessage::StreamStart(_) => {
-                if self.in_stream {
-                    return Err(state_error(
-                        DecodeErrorKind::NestedStreamStart,
-                        message.tag(),
-                        "Stream Stop before the next Stream Start",
-                    ));
-                }
-                self.in_stream = true;
-            }
-            LogicalMessage::StreamStop => {
-                if !self.in_stream {
-                    return Err(state_error(
-                        DecodeErrorKind::StreamStopOutsideStream,
-                        message.tag(),
-                        "Stream Start before Stream Stop",
-                    ));
-                }
-                self.in_stream = false;
-            }
+        match tag {
+            Some(STREAM_START_TAG) => self.in_stream = true,
+            Some(STREAM_STOP_TAG) => self.in_stream = false,
             _ => {}
         }
         Ok(message)

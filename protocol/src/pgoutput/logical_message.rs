@@ -30,7 +30,7 @@ impl Message {
         self.flags & MESSAGE_TRANSACTIONAL != 0
     }
 
-    pub(crate) fn parse(c: &mut Cursor<'_>, xid: Option<u32>) -> Result<Message> {
+    pub(crate) fn parse(c: &mut Cursor, xid: Option<u32>) -> Result<Message> {
         let flags = c.u8("Message flags")?;
         let message_lsn = c.lsn("Message LSN")?;
         let prefix = PgString::from_checked(c.cstr_bytes("Message prefix")?);

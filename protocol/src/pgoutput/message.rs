@@ -115,11 +115,12 @@ impl LogicalMessage {
     /// Decodes one pgoutput message; `ctx` says whether an xid precedes
     /// changes and whether Stream Abort has its v4 fields. The whole of
     /// `data` must be consumed. Values share `data`'s buffer.
+    #[inline]
     pub fn parse(data: Bytes, ctx: ParseContext) -> Result<LogicalMessage, DecodeError> {
-        let mut c = Cursor::new(&data);
+        let mut c = Cursor::new(data);
         let tag = c.u8("pgoutput message tag")?;
         c.set_tag(tag);
-        let xid = |c: &mut Cursor<'_>| -> Result<Option<u32>, DecodeError> {
+        let xid = |c: &mut Cursor| -> Result<Option<u32>, DecodeError> {
             if ctx.in_stream {
                 c.u32("xid of streamed change").map(Some)
             } else {

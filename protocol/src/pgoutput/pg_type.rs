@@ -16,7 +16,7 @@ pub struct Type {
 }
 
 impl Type {
-    pub(crate) fn parse(c: &mut Cursor<'_>, xid: Option<u32>) -> Result<Type> {
+    pub(crate) fn parse(c: &mut Cursor, xid: Option<u32>) -> Result<Type> {
         Ok(Type {
             xid,
             oid: c.u32("Type OID")?,

@@ -96,7 +96,7 @@ impl Relation {
             .map(|(i, _)| i)
     }
 
-    pub(crate) fn parse(c: &mut Cursor<'_>, xid: Option<u32>) -> Result<Relation> {
+    pub(crate) fn parse(c: &mut Cursor, xid: Option<u32>) -> Result<Relation> {
         let oid = c.u32("Relation OID")?;
         let namespace = c.cstr("Relation namespace")?.to_owned();
         let name = c.cstr("Relation name")?.to_owned();

@@ -49,7 +49,8 @@ impl StreamAbort {
         self.subxid != self.xid
     }
 
-    pub(crate) fn parse(c: &mut Cursor<'_>, parallel_abort: bool) -> Result<StreamAbort> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor, parallel_abort: bool) -> Result<StreamAbort> {
         let xid = c.u32("Stream Abort xid")?;
         let subxid = c.u32("Stream Abort subxid")?;
         let (abort_lsn, abort_time) = if parallel_abort {
@@ -70,7 +71,8 @@ impl StreamAbort {
 }
 
 impl StreamStart {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<StreamStart> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor) -> Result<StreamStart> {
         Ok(StreamStart {
             xid: c.u32("Stream Start xid")?,
             first_segment: c.u8("Stream Start first-segment flag")? != 0,
@@ -79,7 +81,8 @@ impl StreamStart {
 }
 
 impl StreamCommit {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<StreamCommit> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor) -> Result<StreamCommit> {
         Ok(StreamCommit {
             xid: c.u32("Stream Commit xid")?,
             flags: c.u8("Stream Commit flags")?,

@@ -127,7 +127,8 @@ fn step(bytes: &[u8]) -> std::result::Result<(Column<'_>, usize), StepError> {
 
 impl TupleData {
     /// Reads and validates a TupleData (Int16 count + columns) at the cursor.
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<TupleData> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor) -> Result<TupleData> {
         let at = c.pos();
         let count = c.len_i16("tuple column count")?;
         let len = u16::try_from(count).map_err(|_| {
@@ -137,16 +138,14 @@ impl TupleData {
         let start = c.pos();
         let mut walked = 0usize;
         for _ in 0..len {
-            let rest = c.peek_rest();
-            match step(rest) {
-                Ok((_, used)) => {
-                    c.slice(used, "column")?;
-                    walked += 1;
-                }
+            let used = match step(c.peek_rest()) {
+                Ok((_, used)) => used,
                 Err(StepError(kind, rel, expected)) => {
                     return Err(c.error_at(c.pos() + rel, kind, expected));
                 }
-            }
+            };
+            c.skip(used, "column")?;
+            walked += 1;
         }
         debug_assert_eq!(walked, usize::from(len));
         Ok(TupleData {

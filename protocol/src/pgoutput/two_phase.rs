@@ -92,12 +92,12 @@ pub struct StreamPrepare {
     pub gid: PgString,
 }
 
-fn gid(c: &mut Cursor<'_>) -> Result<PgString> {
+fn gid(c: &mut Cursor) -> Result<PgString> {
     Ok(PgString::from_checked(c.cstr_bytes("GID")?))
 }
 
 impl BeginPrepare {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<BeginPrepare> {
+    pub(crate) fn parse(c: &mut Cursor) -> Result<BeginPrepare> {
         Ok(BeginPrepare {
             prepare_lsn: c.lsn("Begin Prepare prepare LSN")?,
             end_lsn: c.lsn("Begin Prepare end LSN")?,
@@ -109,7 +109,7 @@ impl BeginPrepare {
 }
 
 impl Prepare {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<Prepare> {
+    pub(crate) fn parse(c: &mut Cursor) -> Result<Prepare> {
         Ok(Prepare {
             flags: c.u8("Prepare flags")?,
             prepare_lsn: c.lsn("Prepare prepare LSN")?,
@@ -122,7 +122,7 @@ impl Prepare {
 }
 
 impl CommitPrepared {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<CommitPrepared> {
+    pub(crate) fn parse(c: &mut Cursor) -> Result<CommitPrepared> {
         Ok(CommitPrepared {
             flags: c.u8("Commit Prepared flags")?,
             commit_lsn: c.lsn("Commit Prepared commit LSN")?,
@@ -135,7 +135,7 @@ impl CommitPrepared {
 }
 
 impl RollbackPrepared {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<RollbackPrepared> {
+    pub(crate) fn parse(c: &mut Cursor) -> Result<RollbackPrepared> {
         Ok(RollbackPrepared {
             flags: c.u8("Rollback Prepared flags")?,
             prepare_end_lsn: c.lsn("Rollback Prepared prepare end LSN")?,
@@ -149,7 +149,7 @@ impl RollbackPrepared {
 }
 
 impl StreamPrepare {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<StreamPrepare> {
+    pub(crate) fn parse(c: &mut Cursor) -> Result<StreamPrepare> {
         Ok(StreamPrepare {
             flags: c.u8("Stream Prepare flags")?,
             prepare_lsn: c.lsn("Stream Prepare prepare LSN")?,

@@ -40,7 +40,8 @@ pub struct Origin {
 }
 
 impl Begin {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<Begin> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor) -> Result<Begin> {
         Ok(Begin {
             final_lsn: c.lsn("Begin final LSN")?,
             commit_time: c.timestamp("Begin commit time")?,
@@ -50,7 +51,8 @@ impl Begin {
 }
 
 impl Commit {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<Commit> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor) -> Result<Commit> {
         Ok(Commit {
             flags: c.u8("Commit flags")?,
             commit_lsn: c.lsn("Commit commit LSN")?,
@@ -61,7 +63,8 @@ impl Commit {
 }
 
 impl Origin {
-    pub(crate) fn parse(c: &mut Cursor<'_>) -> Result<Origin> {
+    #[inline]
+    pub(crate) fn parse(c: &mut Cursor) -> Result<Origin> {
         Ok(Origin {
             origin_lsn: c.lsn("Origin commit LSN")?,
             name: PgString::from_checked(c.cstr_bytes("Origin name")?),

@@ -20,6 +20,7 @@ pub struct WalkSummary {
 }
 
 impl WalkSummary {
+    #[inline]
     fn add_tuple(&mut self, tuple: &TupleData) {
         for column in tuple.columns() {
             self.columns += 1;
