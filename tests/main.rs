@@ -6,3 +6,6 @@ mod replication;
 mod harness;
 mod oracle;
 mod partial;
+mod latency;
+mod demo;
+mod crash;

@@ -628,7 +628,15 @@ impl Sink {
             return Ok(());
         };
         let mut resync = resync;
+        let started = Instant::now();
         let result = resync.run(self, commit_lsn, flips).await;
+        tracing::debug!(
+            follower = %self.follower,
+            %commit_lsn,
+            variables = flips.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "Re-synced flipped variables."
+        );
         self.resync = Some(resync);
         let rows = result?;
         if let Some(group) = &mut self.group {
