@@ -13,6 +13,27 @@
 //! Never does: I/O, allocation per column, panics on bad input (every
 //! malformed input is a [`DecodeError`]).
 //!
+//! ```
+//! use pgsieve_protocol::{
+//!     Column, Insert, LogicalMessage, Lsn, PgOutputDecoder, PgTimestamp, ReplicationMessage,
+//!     TupleBuilder,
+//! };
+//!
+//! // A frame as the walsender would send it (made with our encoder).
+//! let row = TupleBuilder::new().text("acct:variable:prod/db-password").int(1).finish();
+//! let insert = LogicalMessage::Insert(Insert { xid: None, rel_id: 16_400, new: row });
+//! let payload = insert.to_xlog_data(Lsn(1), Lsn(2), PgTimestamp::now());
+//!
+//! let mut decoder = PgOutputDecoder::new();
+//! let ReplicationMessage::XLogData(x) = ReplicationMessage::parse(payload)? else { unreachable!() };
+//! if let LogicalMessage::Insert(insert) = decoder.decode(x.data)? {
+//!     let id = insert.new.get(0).and_then(|c| c.as_text());
+//!     assert_eq!(id, Some(&b"acct:variable:prod/db-password"[..]));
+//!     assert!(insert.new.columns().all(|c| !matches!(c, Column::Null)));
+//! }
+//! # Ok::<(), pgsieve_protocol::DecodeError>(())
+//! ```
+//!
 //! Assumes the session's `client_encoding` is UTF-8 (names and text values
 //! are UTF-8; text column values are handed out as bytes and not checked).
 #![cfg_attr(
