@@ -20,3 +20,5 @@ pub mod txn;
 
 #[cfg(feature = "harness")]
 pub mod harness;
+
+pub mod tap;

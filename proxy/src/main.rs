@@ -85,6 +85,35 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Tap {
+            config,
+            format,
+            tables,
+            replica_sets,
+            variables,
+            xids,
+            show_values,
+            input,
+            limit,
+        } => {
+            let config = load(&config)?;
+            init_logging(config.log_format, "warn");
+            let options = pgsieve::tap::TapOptions {
+                format,
+                selection: pgsieve::tap::Selection {
+                    tables,
+                    replica_sets,
+                    variables,
+                    xids,
+                },
+                show_values,
+                input,
+                limit,
+            };
+            pgsieve::tap::run(&config, options, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
     }
 }
 
