@@ -32,6 +32,21 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Preflight: one PASS/FAIL line per check; exits non-zero when any fails.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "PGSIEVE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Slot lag and, per follower, applied LSN and lag.
+    Status {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "PGSIEVE_CONFIG")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+    },
     /// Decoded stream with per-follower forward/drop decisions and their reasons,
     /// from a temporary slot of its own (or a capture); applies nothing.
     Tap {
@@ -63,4 +78,38 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
     },
+    /// End-to-end catch-up, lag, CPU and memory of pgsieve against native logical
+    /// replication, pglogical (when installed) and a raw reader, on local clusters.
+    #[cfg(feature = "harness")]
+    Bench {
+        /// Small sizes (a few minutes; what CI runs).
+        #[arg(long)]
+        quick: bool,
+        /// Report directory (default `benches/results/<date>`).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Workloads to run (repeatable; default all).
+        #[arg(long = "workload", value_enum, value_name = "W")]
+        workloads: Vec<pgsieve::bench::Workload>,
+        /// No progress spinner, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Local leader + two followers (installed PostgreSQL), a sample policy with two
+    /// replica sets, a live grant and revoke with their latency; then cleans up.
+    #[cfg(feature = "harness")]
+    Demo {
+        /// Keep everything running after the scenario until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+/// Output format of `pgsieve status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object (fields documented in the README).
+    Json,
 }

@@ -8,17 +8,26 @@
 //! (`pgsieve-protocol`) or authorization logic (`pgsieve-filters`) of its own.
 
 pub mod bootstrap;
+pub mod check;
 pub mod config;
 pub mod copy;
 pub mod feedback;
 pub mod filter;
+pub mod report;
 pub mod run;
 pub mod setup;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod txn;
 
 #[cfg(feature = "harness")]
 pub mod harness;
 
+#[cfg(feature = "harness")]
+pub mod demo;
+
 pub mod tap;
+
+#[cfg(feature = "harness")]
+pub mod bench;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pgsieve::config::{Config, LogFormat, RawConfig};
+use pgsieve::report::error_chain;
 use pgsieve::run::{connect_sql, run};
 use tokio::sync::watch;
 
@@ -25,8 +26,8 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 fn load(path: &std::path::Path) -> Result<Config, String> {
-    let raw = RawConfig::load(Some(path)).map_err(|e| e.to_string())?;
-    Config::resolve(&raw).map_err(|e| e.to_string())
+    let raw = RawConfig::load(Some(path)).map_err(|e| error_chain(&e))?;
+    Config::resolve(&raw).map_err(|e| error_chain(&e))
 }
 
 /// A watch channel that turns true on SIGINT or SIGTERM.
@@ -58,7 +59,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             init_logging(config.log_format, &config.log_level);
             run(config, shutdown_signal())
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| error_chain(&e))
         }
         Command::Setup { config, dry_run } => {
             let config = load(&config)?;
@@ -72,18 +73,42 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             }
             let leader = connect_sql(&config.leader.pg, "the leader")
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
             for sql in statements {
                 leader
                     .batch_execute(&sql)
                     .await
-                    .map_err(|e| format!("setup: {e}"))?;
+                    .map_err(|e| format!("setup: {}", error_chain(&e)))?;
             }
             println!(
                 "publication {:?} and policy_log replica identity are in place",
                 config.leader.publication
             );
             Ok(())
+        }
+        Command::Check { config } => {
+            let config = load(&config)?;
+            init_logging(config.log_format, "warn");
+            let results = pgsieve::check::run_checks(&config).await;
+            print!("{}", pgsieve::check::render(&results));
+            match pgsieve::check::failures(&results) {
+                0 => Ok(()),
+                failed => Err(format!("{failed} of {} checks failed", results.len())),
+            }
+        }
+        Command::Status { config, format } => {
+            let config = load(&config)?;
+            init_logging(config.log_format, "warn");
+            let report = pgsieve::status::read_status(&config).await;
+            match format {
+                cli::StatusFormat::Text => print!("{}", report.to_text()),
+                cli::StatusFormat::Json => println!("{}", report.to_json()),
+            }
+            if report.is_complete() {
+                Ok(())
+            } else {
+                Err("status is incomplete: some databases could not be read".into())
+            }
         }
         Command::Tap {
             config,
@@ -112,7 +137,40 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             };
             pgsieve::tap::run(&config, options, shutdown_signal())
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| error_chain(&e))
+        }
+        #[cfg(feature = "harness")]
+        Command::Bench {
+            quick,
+            out,
+            workloads,
+            no_progress,
+        } => {
+            init_logging(LogFormat::Text, "warn");
+            let mut options = pgsieve::bench::BenchOptions::new(quick);
+            options.out = out;
+            options.workloads = workloads;
+            options.progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let report = pgsieve::bench::run(&options)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            println!("{}", report.markdown());
+            let problems = report.problems();
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the bench found {} problem(s): {}",
+                    problems.len(),
+                    problems.join("; ")
+                ))
+            }
+        }
+        #[cfg(feature = "harness")]
+        Command::Demo { keep_running } => {
+            pgsieve::demo::run(&pgsieve::demo::DemoOptions { keep_running })
+                .await
+                .map_err(|e| error_chain(&e))
         }
     }
 }

@@ -49,6 +49,14 @@ pub enum HarnessError {
     /// The harness was used in a way it does not support (bad spec, missing user, ...).
     #[error("{0}")]
     Usage(String),
+    /// Something awaited (replication catching up, a row appearing) did not happen in time.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long the harness waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl HarnessError {

@@ -83,13 +83,11 @@ impl ApplyError {
     /// the origin) rather than a change being unappliable (stop).
     pub fn is_transient(&self) -> bool {
         match self {
-            ApplyError::Statement { source, .. } => {
-                source.is_closed() || source.as_db_error().is_none() && source.code().is_none()
-            }
-            ApplyError::Schema {
+            ApplyError::Statement { source, .. }
+            | ApplyError::Schema {
                 source: SchemaMismatch::Query { source, .. },
                 ..
-            } => source.is_closed(),
+            } => crate::source::is_transient_sql_error(source),
             _ => false,
         }
     }
@@ -171,7 +169,8 @@ struct TableApply {
     shape: TableShape,
     name: Arc<str>,
     relation: Arc<Relation>,
-    insert: Statement,
+    /// Multi-row upserts by row count (1, and powers of two up to the maximum).
+    inserts: HashMap<usize, Statement>,
     delete: Statement,
     updates: HashMap<u64, Statement>,
 }
@@ -209,6 +208,16 @@ pub struct Sink {
     /// follower (hub restart from the slowest follower): skip them.
     skip_until: Lsn,
     skipping: bool,
+    /// Consecutive inserts into one table, sent as one multi-row statement.
+    batch: Option<InsertBatch>,
+}
+
+/// Inserts waiting to be sent together.
+struct InsertBatch {
+    oid: u32,
+    rows: usize,
+    params: Vec<WireValue>,
+    commit_lsn: Lsn,
 }
 
 impl std::fmt::Debug for Sink {
@@ -286,6 +295,7 @@ impl Sink {
             resync,
             skip_until,
             skipping: false,
+            batch: None,
         })
     }
 
@@ -406,6 +416,7 @@ impl Sink {
     }
 
     async fn on_relation(&mut self, relation: &Arc<Relation>) -> Result<(), ApplyError> {
+        self.flush_batch().await?;
         if let Some(existing) = self.tables.get(&relation.oid) {
             if existing.relation.as_ref() == relation.as_ref() {
                 return Ok(());
@@ -452,7 +463,7 @@ impl Sink {
                 shape,
                 name,
                 relation: relation.clone(),
-                insert,
+                inserts: HashMap::from([(1, insert)]),
                 delete,
                 updates: HashMap::new(),
             },
@@ -471,6 +482,11 @@ impl Sink {
         }
         let commit_lsn = self.commit_lsn();
         let oid = change.relation.oid;
+        let continues_batch = matches!(change.op, RowOp::Insert(_))
+            && self.batch.as_ref().is_none_or(|b| b.oid == oid);
+        if !continues_batch {
+            self.flush_batch().await?;
+        }
         let Some(table) = self.tables.get_mut(&oid) else {
             return Err(ApplyError::Invalid {
                 follower: self.follower.clone(),
@@ -488,8 +504,27 @@ impl Sink {
         };
         let (statement, params) = match &change.op {
             RowOp::Insert(insert) => {
-                let params = insert.new.columns().map(|c| wire(&insert.new, c)).collect();
-                (table.insert.clone(), params)
+                let max_rows = table.shape.max_insert_rows();
+                let batch = self.batch.get_or_insert_with(|| InsertBatch {
+                    oid,
+                    rows: 0,
+                    params: Vec::with_capacity(max_rows.min(64) * insert.new.len()),
+                    commit_lsn,
+                });
+                batch
+                    .params
+                    .extend(insert.new.columns().map(|c| wire(&insert.new, c)));
+                batch.rows += 1;
+                let full = batch.rows >= max_rows;
+                self.stats.rows_applied += 1;
+                if let Some(group) = &mut self.group {
+                    group.rows += 1;
+                    group.wrote = true;
+                }
+                if full {
+                    self.flush_batch().await?;
+                }
+                return Ok(());
             }
             RowOp::Delete(delete) => {
                 let old = old_tuple(&delete.old);
@@ -553,6 +588,7 @@ impl Sink {
     }
 
     async fn on_truncate(&mut self, truncate: &Truncate) -> Result<(), ApplyError> {
+        self.flush_batch().await?;
         let commit_lsn = self.commit_lsn();
         let mut names = Vec::with_capacity(truncate.rel_ids.len());
         for oid in truncate.rel_ids.iter() {
@@ -603,6 +639,7 @@ impl Sink {
         if let (Some(bit), false) = (self.set_bit, commit.effects.is_empty()) {
             let flips: Vec<_> = commit.effects.for_set(bit).collect();
             if !flips.is_empty() {
+                self.flush_batch().await?;
                 self.resync_flips(commit.commit_lsn, &flips).await?;
             }
         }
@@ -646,6 +683,77 @@ impl Sink {
         Ok(())
     }
 
+    /// Sends the pending multi-row insert: the full batch as one statement,
+    /// a partial one as power-of-two chunks (so each table needs at most a
+    /// handful of prepared shapes).
+    async fn flush_batch(&mut self) -> Result<(), ApplyError> {
+        let Some(mut batch) = self.batch.take() else {
+            return Ok(());
+        };
+        let Some(table) = self.tables.get(&batch.oid) else {
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn: batch.commit_lsn,
+                what: format!("insert batch for unknown relation {}", batch.oid),
+            });
+        };
+        let width = table.shape.columns.len().max(1);
+        let max_rows = table.shape.max_insert_rows();
+        let name = table.name.clone();
+        while batch.rows > 0 {
+            let chunk = if batch.rows >= max_rows {
+                max_rows
+            } else {
+                1 << (usize::BITS - 1 - batch.rows.leading_zeros())
+            };
+            let statement = self
+                .insert_statement(batch.oid, chunk, batch.commit_lsn)
+                .await?;
+            let rest = batch.params.split_off(chunk * width);
+            let params = std::mem::replace(&mut batch.params, rest);
+            batch.rows -= chunk;
+            let context = ApplyContext {
+                commit_lsn: batch.commit_lsn,
+                table: name.clone(),
+                op: "insert",
+            };
+            self.push(&statement, params, context).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_statement(
+        &mut self,
+        oid: u32,
+        rows: usize,
+        commit_lsn: Lsn,
+    ) -> Result<Statement, ApplyError> {
+        let Some(table) = self.tables.get_mut(&oid) else {
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn,
+                what: format!("insert for unknown relation {oid}"),
+            });
+        };
+        if let Some(statement) = table.inserts.get(&rows) {
+            return Ok(statement.clone());
+        }
+        let sql = table.shape.insert_rows_sql(rows);
+        let statement =
+            self.client
+                .prepare(&sql)
+                .await
+                .map_err(|source| ApplyError::Statement {
+                    follower: self.follower.clone(),
+                    commit_lsn,
+                    table: table.name.clone(),
+                    op: "prepare insert",
+                    source,
+                })?;
+        table.inserts.insert(rows, statement.clone());
+        Ok(statement)
+    }
+
     /// Commits the open follower transaction at a leader-transaction
     /// boundary, recording the last applied end LSN as origin progress.
     pub async fn commit_group(&mut self) -> Result<(), ApplyError> {
@@ -660,6 +768,7 @@ impl Sink {
                 what: "commit requested inside a leader transaction".into(),
             });
         }
+        self.flush_batch().await?;
         if !group.wrote {
             self.push_control(Control::ForceXid, group.commit_lsn)
                 .await?;
@@ -715,6 +824,7 @@ impl Sink {
 
     /// Abandons the open follower transaction (shutdown or reconnect).
     pub async fn abandon(&mut self) {
+        self.batch = None;
         self.pipeline.clear();
         if self.group.take().is_some() {
             let _ = self.client.batch_execute("ROLLBACK").await;

@@ -64,12 +64,33 @@ impl TableShape {
 
     /// INSERT of all columns; an upsert on the primary key (idempotent replay).
     pub fn insert_sql(&self) -> String {
-        let params = (1..=self.columns.len())
-            .map(|i| format!("${i}"))
+        self.insert_rows_sql(1)
+    }
+
+    /// Most rows one multi-row INSERT may carry (PostgreSQL allows 65 535
+    /// parameters per statement).
+    pub fn max_insert_rows(&self) -> usize {
+        (65_535 / self.columns.len().max(1)).clamp(1, 256)
+    }
+
+    /// INSERT of `rows` rows at once (parameters row by row), same upsert.
+    /// Consecutive leader inserts into one table travel in one statement;
+    /// two of them never share a key (the leader would have needed a DELETE
+    /// in between, which ends the batch), so ON CONFLICT never sees a row twice.
+    pub fn insert_rows_sql(&self, rows: usize) -> String {
+        let width = self.columns.len();
+        let values = (0..rows)
+            .map(|r| {
+                let params = (1..=width)
+                    .map(|c| format!("${}", r * width + c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("({params})")
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let mut sql = format!(
-            "INSERT INTO {} ({}) VALUES ({params})",
+            "INSERT INTO {} ({}) VALUES {values}",
             self.table,
             self.column_list()
         );
@@ -199,6 +220,16 @@ mod tests {
              VALUES ($1, $2, $3, $4) ON CONFLICT (\"resource_id\", \"version\") \
              DO UPDATE SET \"value\" = EXCLUDED.\"value\", \"expires_at\" = EXCLUDED.\"expires_at\""
         );
+    }
+
+    #[test]
+    fn multi_row_inserts_number_parameters_row_by_row() {
+        let sql = secrets().insert_rows_sql(2);
+        assert!(
+            sql.contains("VALUES ($1, $2, $3, $4), ($5, $6, $7, $8) ON CONFLICT"),
+            "{sql}"
+        );
+        assert_eq!(secrets().max_insert_rows(), 256);
     }
 
     #[test]

@@ -1,0 +1,270 @@
+/*!
+Checks of the design's progress invariants from outside the process, the way an
+operator would see them: the leader's slot (`pg_replication_slots`) and each follower's
+replication origin (`pg_replication_origin_progress(origin, true)`).
+
+- Invariant 2 (nothing lost): the slot's `confirmed_flush_lsn` is never ahead of what a
+  follower has durably recorded. [`slot_flush_not_ahead`] takes one sample;
+  [`FlushWatch`] samples continuously in the background (through crashes and restarts
+  of pgsieve, the leader or a follower) and reports every violation it saw.
+- Invariant 7 (the slot keeps moving): [`wait_slot_flush_at_least`].
+
+Sampling order matters: the slot is read *before* the origins. Origin progress only
+grows, so `slot ≤ origin read later` can only fail when the slot really was ahead.
+*/
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pgsieve_protocol::Lsn;
+use tokio::task::JoinHandle;
+use tokio_postgres::GenericClient;
+
+use super::cluster::connect_url;
+use super::error::{HarnessError, PgContext};
+
+/// One sample: the slot's confirmed flush position and a follower's durable origin
+/// progress, read in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushSample {
+    /// `confirmed_flush_lsn` of the slot; `None` if the slot does not exist (yet).
+    pub slot_flush: Option<Lsn>,
+    /// `pg_replication_origin_progress(origin, true)`; `None` if the origin does not
+    /// exist or has no durable progress.
+    pub origin_progress: Option<Lsn>,
+}
+
+impl FlushSample {
+    /// Whether the slot claims more than the follower has durably applied. A missing
+    /// slot claims nothing; a slot with a missing origin claims too much.
+    pub fn is_ahead(&self) -> bool {
+        match (self.slot_flush, self.origin_progress) {
+            (None, _) => false,
+            (Some(slot), None) => !slot.is_zero(),
+            (Some(slot), Some(origin)) => slot > origin,
+        }
+    }
+}
+
+/// Reads `confirmed_flush_lsn` of logical slot `slot` on the leader.
+pub async fn slot_confirmed_flush(
+    leader: &impl GenericClient,
+    slot: &str,
+) -> Result<Option<Lsn>, HarnessError> {
+    let rows = leader
+        .query(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ctx(|| format!("reading slot {slot}"))?;
+    let text: Option<String> = rows.first().and_then(|r| r.get(0));
+    text.map(|t| parse_lsn(&t)).transpose()
+}
+
+/// Reads the durable progress of replication origin `origin` on a follower.
+pub async fn origin_progress(
+    follower: &impl GenericClient,
+    origin: &str,
+) -> Result<Option<Lsn>, HarnessError> {
+    let row = follower
+        .query_one(
+            "SELECT (SELECT pg_replication_origin_progress(roname, true) \
+               FROM pg_replication_origin WHERE roname = $1)::text",
+            &[&origin],
+        )
+        .await
+        .ctx(|| format!("reading the progress of origin {origin}"))?;
+    let text: Option<String> = row.get(0);
+    text.map(|t| parse_lsn(&t)).transpose()
+}
+
+/// The leader's current WAL insert position.
+pub async fn current_wal_insert_lsn(leader: &impl GenericClient) -> Result<Lsn, HarnessError> {
+    let row = leader
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .ctx(|| "reading the leader's WAL insert position".into())?;
+    parse_lsn(row.get(0))
+}
+
+/// One sample of invariant 2 for one follower: reads the slot, then the origin.
+pub async fn slot_flush_not_ahead(
+    leader: &impl GenericClient,
+    follower: &impl GenericClient,
+    slot: &str,
+    origin: &str,
+) -> Result<FlushSample, HarnessError> {
+    let slot_flush = slot_confirmed_flush(leader, slot).await?;
+    let origin_progress = origin_progress(follower, origin).await?;
+    Ok(FlushSample {
+        slot_flush,
+        origin_progress,
+    })
+}
+
+/// Waits until the slot's `confirmed_flush_lsn` reaches `target` (invariant 7: the
+/// slot moves even when nothing is forwarded). Returns the position reached.
+pub async fn wait_slot_flush_at_least(
+    leader: &impl GenericClient,
+    slot: &str,
+    target: Lsn,
+    timeout: Duration,
+) -> Result<Lsn, HarnessError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let flush = slot_confirmed_flush(leader, slot).await?;
+        if let Some(lsn) = flush.filter(|l| *l >= target) {
+            return Ok(lsn);
+        }
+        if Instant::now() > deadline {
+            return Err(HarnessError::Usage(format!(
+                "timed out after {timeout:?} waiting for slot {slot} to confirm {target} \
+                 (confirmed_flush_lsn is {})",
+                flush.map_or("absent".to_string(), |l| l.to_string())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A follower watched by [`FlushWatch`].
+#[derive(Debug, Clone)]
+pub struct WatchedFollower {
+    /// Superuser URL of the follower database.
+    pub url: String,
+    /// Name of pgsieve's replication origin there.
+    pub origin: String,
+}
+
+/// What a [`FlushWatch`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct FlushReport {
+    /// Samples where the slot and every follower could be read.
+    pub samples: u64,
+    /// Samples abandoned because a server was down or restarting.
+    pub unavailable: u64,
+    /// Samples where the slot did not exist.
+    pub no_slot: u64,
+    /// Highest `confirmed_flush_lsn` seen.
+    pub max_flush: Option<Lsn>,
+    /// One line per sample in which the slot was ahead of a follower.
+    pub violations: Vec<String>,
+}
+
+/// A background task sampling invariant 2 every `interval` until stopped. It opens its
+/// own connections and reopens them after errors, so it keeps watching while
+/// pgsieve, the leader or a follower is killed and restarted.
+#[derive(Debug)]
+pub struct FlushWatch {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<FlushReport>,
+}
+
+impl FlushWatch {
+    /// Starts watching `slot` on the leader at `leader_url` against `followers`.
+    pub fn spawn(
+        leader_url: String,
+        slot: String,
+        followers: Vec<WatchedFollower>,
+        interval: Duration,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut report = FlushReport::default();
+            let mut leader = None;
+            let mut clients: Vec<Option<tokio_postgres::Client>> =
+                followers.iter().map(|_| None).collect();
+            while !flag.load(Ordering::Acquire) {
+                match watch_once(&leader_url, &slot, &followers, &mut leader, &mut clients).await {
+                    Ok(None) => report.no_slot += 1,
+                    Ok(Some((flush, origins))) => {
+                        report.samples += 1;
+                        report.max_flush = report.max_flush.max(Some(flush));
+                        for (f, progress) in followers.iter().zip(origins) {
+                            let sample = FlushSample {
+                                slot_flush: Some(flush),
+                                origin_progress: progress,
+                            };
+                            if sample.is_ahead() {
+                                report.violations.push(format!(
+                                    "slot {slot} confirmed {flush} but origin {} on {} had {}",
+                                    f.origin,
+                                    f.url,
+                                    progress.map_or("nothing".into(), |l| l.to_string())
+                                ));
+                            }
+                        }
+                    }
+                    Err(_) => report.unavailable += 1,
+                }
+                tokio::time::sleep(interval).await;
+            }
+            report
+        });
+        FlushWatch { stop, task }
+    }
+
+    /// Stops the task and returns what it saw.
+    pub async fn stop(self) -> Result<FlushReport, HarnessError> {
+        self.stop.store(true, Ordering::Release);
+        self.task
+            .await
+            .map_err(|e| HarnessError::Usage(format!("flush watch task failed: {e}")))
+    }
+}
+
+/// One sample over (re)opened connections: `None` if the slot is missing, else the
+/// slot's flush and each follower's progress. Drops a connection that failed.
+async fn watch_once(
+    leader_url: &str,
+    slot: &str,
+    followers: &[WatchedFollower],
+    leader: &mut Option<tokio_postgres::Client>,
+    clients: &mut [Option<tokio_postgres::Client>],
+) -> Result<Option<(Lsn, Vec<Option<Lsn>>)>, HarnessError> {
+    let l = reopen(leader, leader_url).await?;
+    let flush = match slot_confirmed_flush(l, slot).await {
+        Ok(flush) => flush,
+        Err(e) => {
+            *leader = None;
+            return Err(e);
+        }
+    };
+    let Some(flush) = flush else {
+        return Ok(None);
+    };
+    let mut origins = Vec::with_capacity(followers.len());
+    for (f, client) in followers.iter().zip(clients.iter_mut()) {
+        let c = reopen(client, &f.url).await?;
+        match origin_progress(c, &f.origin).await {
+            Ok(p) => origins.push(p),
+            Err(e) => {
+                *client = None;
+                return Err(e);
+            }
+        }
+    }
+    Ok(Some((flush, origins)))
+}
+
+async fn reopen<'a>(
+    slot: &'a mut Option<tokio_postgres::Client>,
+    url: &str,
+) -> Result<&'a tokio_postgres::Client, HarnessError> {
+    if slot.as_ref().is_some_and(|c| c.is_closed()) {
+        *slot = None;
+    }
+    if slot.is_none() {
+        *slot = Some(connect_url(url).await?);
+    }
+    slot.as_ref()
+        .ok_or_else(|| HarnessError::Usage("connection vanished".into()))
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn, HarnessError> {
+    Lsn::from_str(text).map_err(|_| HarnessError::Usage(format!("not an LSN: {text:?}")))
+}

@@ -1,0 +1,88 @@
+/*!
+Waiting for replication to catch up: tests, the demo and the bench all need "everything
+the leader has committed so far is applied on this follower" before they compare or
+measure. Progress is read from the follower's replication origin (which pgsieve writes
+in the same transaction as the data), never inferred from the data itself.
+*/
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::GenericClient;
+
+use super::error::{HarnessError, PgContext};
+
+/// How often [`wait_caught_up`] polls the follower.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until the follower's replication origin `origin` has recorded the leader's
+/// current WAL insert position (read once, at the call), i.e. every leader transaction
+/// committed before the call is applied on the follower. Fails with
+/// [`HarnessError::Timeout`] after `timeout`.
+pub async fn wait_caught_up(
+    leader: &impl GenericClient,
+    follower: &impl GenericClient,
+    origin: &str,
+    timeout: Duration,
+) -> Result<(), HarnessError> {
+    let target: String = leader
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .ctx(|| "reading the leader's WAL insert position".into())?
+        .get(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = follower
+            .query_one(
+                "SELECT coalesce((SELECT pg_replication_origin_progress(roname, true) \
+                   FROM pg_replication_origin WHERE roname = $1) >= $2::text::pg_lsn, false)",
+                &[&origin, &target],
+            )
+            .await
+            .ctx(|| format!("reading the progress of origin {origin}"))?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(HarnessError::Timeout {
+                what: format!("origin {origin} reaching the leader's WAL position {target}"),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until pgsieve has committed its initial copy on the follower: the origin
+/// `origin` exists with non-zero progress (pgsieve records the slot's consistent
+/// point in the same transaction as the last copied rows, so from then on the follower
+/// holds everything the leader had committed before the slot was created). Unlike
+/// [`wait_caught_up`], this does not depend on idle keepalives advancing the origin
+/// past WAL that carries no transaction. Returns the recorded LSN as text.
+pub async fn wait_initial_copy(
+    follower: &impl GenericClient,
+    origin: &str,
+    timeout: Duration,
+) -> Result<String, HarnessError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = follower
+            .query_one(
+                "SELECT (SELECT pg_replication_origin_progress(roname, true)::text \
+                   FROM pg_replication_origin WHERE roname = $1 \
+                   AND pg_replication_origin_progress(roname, true) > '0/0'::pg_lsn)",
+                &[&origin],
+            )
+            .await
+            .ctx(|| format!("reading the progress of origin {origin}"))?;
+        if let Some(lsn) = row.get::<_, Option<String>>(0) {
+            return Ok(lsn);
+        }
+        if Instant::now() > deadline {
+            return Err(HarnessError::Timeout {
+                what: format!("the initial copy recording origin {origin}"),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
