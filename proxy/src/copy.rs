@@ -16,7 +16,7 @@ use pgsieve_filters::Model;
 use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio_postgres::Client;
 
-use crate::sink::catalog::table_columns;
+use crate::sink::catalog::{SchemaMismatch, check_columns, table_columns};
 use crate::sink::origin::XACT_SETUP_SQL;
 use crate::sink::statements::{qualified_name, quote_ident};
 
@@ -32,6 +32,14 @@ pub enum CopyError {
         table: String,
         /// The database error.
         source: tokio_postgres::Error,
+    },
+    /// A follower table cannot take the leader's rows.
+    #[error("initial copy to follower {follower}: {source}")]
+    Schema {
+        /// Follower name.
+        follower: String,
+        /// The mismatch (boxed: it is large and rare).
+        source: Box<SchemaMismatch>,
     },
     /// The publication lists no tables.
     #[error("publication {0:?} lists no tables on the leader (run `pgsieve setup`)")]
@@ -117,12 +125,19 @@ pub async fn copy_tables(
     for table in tables {
         let qualified = table.qualified();
         let started = Instant::now();
-        let columns: Vec<String> = table_columns(leader, &qualified)
+        let leader_columns = table_columns(leader, &qualified)
             .await
-            .map_err(sql_err(&qualified))?
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+            .map_err(sql_err(&qualified))?;
+        let follower_columns = table_columns(follower, &qualified)
+            .await
+            .map_err(sql_err(&qualified))?;
+        check_columns(&qualified, &leader_columns, &follower_columns).map_err(|source| {
+            CopyError::Schema {
+                follower: follower_name.to_owned(),
+                source: Box::new(source),
+            }
+        })?;
+        let columns: Vec<String> = leader_columns.into_iter().map(|c| c.name).collect();
         let filtered = table.name == "secrets" && set_bit.is_some();
         // resource_id first, so the filter reads the first field of each line.
         let mut ordered = columns.clone();

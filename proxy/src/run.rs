@@ -77,9 +77,10 @@ impl RunError {
     pub fn is_transient(&self) -> bool {
         match self {
             RunError::Source(e) => e.is_transient(),
-            RunError::Sql { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            RunError::Sql { source, .. } | RunError::Copy(CopyError::Sql { source, .. }) => {
+                crate::source::is_transient_sql_error(source)
+            }
             RunError::Apply(e) => e.is_transient(),
-            RunError::Copy(CopyError::Sql { source, .. }) => source.is_closed(),
             _ => false,
         }
     }
@@ -89,7 +90,7 @@ impl RunError {
 /// a background task.
 pub async fn connect_sql(pg: &tokio_postgres::Config, what: &str) -> Result<Arc<Client>, RunError> {
     let (client, connection) = pg.connect(NoTls).await.map_err(|source| RunError::Sql {
-        what: format!("connecting to {what}"),
+        what: format!("connecting to {what} at {}", describe_target(pg)),
         source,
     })?;
     let what = what.to_owned();
@@ -101,22 +102,54 @@ pub async fn connect_sql(pg: &tokio_postgres::Config, what: &str) -> Result<Arc<
     Ok(Arc::new(client))
 }
 
+/// `host:port/dbname` of a connection config (no user, no password), for
+/// error messages that must say which server failed.
+pub fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    format!(
+        "{}/{}",
+        hosts.join(","),
+        pg.get_dbname().unwrap_or("(default database)")
+    )
+}
+
 fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Sql { what, source }
 }
 
 /// Runs until `shutdown` turns true or a non-transient error occurs.
+///
+/// A failure before the first `START_REPLICATION` succeeds ends the process
+/// (exit code 1, one error line): at start an unreachable database or a
+/// refused password is far more often a configuration mistake than an
+/// outage, and a supervisor restarting the sidecar makes it visible. Once
+/// streaming has begun, transient failures (a leader or follower restart, a
+/// lost connection) are retried with backoff, resuming from the followers'
+/// origins.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     if config.followers.is_empty() {
         return Err(RunError::Setup("no [[follower]] configured".into()));
     }
     let mut backoff = Duration::from_millis(200);
+    let mut streamed = false;
     loop {
-        match run_session(&config, shutdown.clone()).await {
+        match run_session(&config, shutdown.clone(), &mut streamed).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && !*shutdown.borrow() => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Pipeline failed; reconnecting.");
+            Err(e) if streamed && e.is_transient() && !*shutdown.borrow() => {
+                tracing::warn!(error = %crate::report::error_chain(&e), retry_in_ms = backoff.as_millis() as u64, "Pipeline failed; reconnecting.");
                 let mut stop = shutdown.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -146,7 +179,11 @@ fn source_config(config: &Config) -> SourceConfig {
     source
 }
 
-async fn run_session(config: &Config, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+async fn run_session(
+    config: &Config,
+    mut shutdown: watch::Receiver<bool>,
+    streamed: &mut bool,
+) -> Result<(), RunError> {
     let origin = config.origin_name();
     let sets: Vec<_> = config.replica_sets();
     let specs: Vec<_> = sets.iter().map(|(_, s)| s.clone()).collect();
@@ -256,6 +293,7 @@ async fn run_session(config: &Config, mut shutdown: watch::Receiver<bool>) -> Re
     ];
     tracing::info!(%slot, start = %start_lsn, followers = followers.len(), "Starting replication.");
     let (mut stream, status) = repl.start_replication(slot, start_lsn, &options).await?;
+    *streamed = true;
 
     let limits = GroupLimits {
         max_rows: config.apply.group_max_rows,
@@ -327,8 +365,14 @@ async fn run_session(config: &Config, mut shutdown: watch::Receiver<bool>) -> Re
                     }
                 }
                 Ok(ReplicationMessage::PrimaryKeepalive(k)) => {
-                    if assembler.is_idle() && k.wal_end > last_idle {
-                        last_idle = k.wal_end;
+                    tracing::debug!(wal_end = %k.wal_end, reply_requested = k.reply_requested, idle = assembler.is_idle(), spooled = assembler.spooled_transactions(), "Keepalive.");
+                    // Forward the idle position while it is not yet durable
+                    // everywhere: a sink may have skipped an earlier one (it
+                    // rate-limits its idle writes), and the walsender keeps
+                    // pinging with the same position until we confirm it.
+                    let pending = k.wal_end > last_idle || k.wal_end > feedback.flush_lsn();
+                    if assembler.is_idle() && pending {
+                        last_idle = last_idle.max(k.wal_end);
                         feedback.received(k.wal_end);
                         forward(&mut filter, &senders, TxnEvent::Idle { wal_end: k.wal_end })
                             .await?;
@@ -362,7 +406,7 @@ async fn run_session(config: &Config, mut shutdown: watch::Receiver<bool>) -> Re
                 {
                     first_error = Some(e.into());
                 } else {
-                    tracing::error!(error = %e, "Follower apply failed.");
+                    tracing::error!(error = %crate::report::error_chain(&e), "Follower apply failed.");
                 }
             }
             Err(join) => {

@@ -90,6 +90,39 @@ pub async fn table_columns(
         .collect())
 }
 
+/// Checks that the follower's columns of `table` can take every leader
+/// column: same names, same `format_type` types (the initial copy's check,
+/// before any row moves; the stream's is [`match_relation`]).
+pub fn check_columns(
+    table: &str,
+    leader: &[CatalogColumn],
+    follower: &[CatalogColumn],
+) -> Result<(), SchemaMismatch> {
+    if follower.is_empty() {
+        return Err(SchemaMismatch::MissingTable {
+            table: table.to_owned(),
+        });
+    }
+    for column in leader {
+        let Some(mine) = follower.iter().find(|c| c.name == column.name) else {
+            return Err(SchemaMismatch::MissingColumn {
+                table: table.to_owned(),
+                column: column.name.clone(),
+                leader_type: column.type_name.clone(),
+            });
+        };
+        if mine.type_name != column.type_name {
+            return Err(SchemaMismatch::TypeDiffers {
+                table: table.to_owned(),
+                column: column.name.clone(),
+                leader_type: column.type_name.clone(),
+                follower_type: mine.type_name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The relation's schema name as SQL sees it (pgoutput sends "" for pg_catalog).
 pub fn relation_schema(relation: &Relation) -> &str {
     if relation.namespace.is_empty() {

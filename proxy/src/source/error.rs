@@ -125,6 +125,19 @@ impl SourceError {
     }
 }
 
+/// Whether an ordinary SQL session's error may go away on its own (the same
+/// rule as [`SourceError::is_transient`]): a lost or refused connection, or a
+/// server error whose SQLSTATE says the server is restarting or busy.
+pub fn is_transient_sql_error(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        Some(code) => is_transient_sqlstate(code.code()),
+        None => error.as_db_error().is_none(),
+    }
+}
+
 /// SQLSTATEs after which a retry can succeed on its own.
 fn is_transient_sqlstate(code: &str) -> bool {
     // 08: connection exception; 57: operator intervention (57P01 admin

@@ -36,6 +36,6 @@ mod tls;
 
 pub use commands::{CreatedSlot, SlotInfo, SnapshotAction, SystemIdentity};
 pub use connect::{ReplicationConnection, SourceConfig};
-pub use error::SourceError;
+pub use error::{SourceError, is_transient_sql_error};
 pub use stream::{ReplicationStream, StatusSender};
 pub use tls::TlsMode;
