@@ -1,11 +1,15 @@
 //! pgsieve integration tests: one binary, one module per behaviour, every test
 //! against real PostgreSQL clusters started by `pgsieve::harness`.
-mod source;
-mod support;
-mod replication;
+mod bad_input;
+mod crash;
+mod demo;
 mod harness;
+mod inspect;
+mod latency;
 mod oracle;
 mod partial;
-mod latency;
-mod demo;
-mod crash;
+mod replication;
+mod source;
+mod support;
+mod tap;
+mod throughput;

