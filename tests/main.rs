@@ -7,6 +7,7 @@ mod demo;
 mod harness;
 mod inspect;
 mod latency;
+mod metrics;
 mod oracle;
 mod partial;
 mod replication;

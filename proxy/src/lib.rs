@@ -13,6 +13,7 @@ pub mod config;
 pub mod copy;
 pub mod feedback;
 pub mod filter;
+pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod setup;

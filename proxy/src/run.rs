@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::copy::{CopyError, copy_tables, published_tables};
 use crate::feedback::Feedback;
 use crate::filter::{FilterStage, FilterStageError};
+use crate::metrics::{FollowerHealth, MetricsError, StreamMetrics, Telemetry, count_error};
 use crate::sink::origin::setup_apply_session;
 use crate::sink::resync::Resync;
 use crate::sink::{ApplyError, GroupLimits, Progress, Sink, SinkSpec};
@@ -70,6 +71,9 @@ pub enum RunError {
     /// Configuration problem found at run time.
     #[error("{0}")]
     Setup(String),
+    /// `[metrics]` could not be served.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 impl RunError {
@@ -83,6 +87,30 @@ impl RunError {
             RunError::Apply(e) => e.is_transient(),
             _ => false,
         }
+    }
+
+    /// Short kind for the `pgsieve_errors_total{kind}` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Source(_) => "source",
+            RunError::Sql { .. } => "sql",
+            RunError::Assemble(_) => "assemble",
+            RunError::Filter(_) => "filter",
+            RunError::Apply(_) => "apply",
+            RunError::Copy(_) => "copy",
+            RunError::Bootstrap(_) => "bootstrap",
+            RunError::Frame { .. } => "frame",
+            RunError::Setup(_) => "setup",
+            RunError::Metrics(_) => "metrics",
+        }
+    }
+
+    fn count(&self) {
+        let follower = match self {
+            RunError::Apply(e) => Some(e.follower()),
+            _ => None,
+        };
+        count_error(self.kind(), follower);
     }
 }
 
@@ -130,26 +158,48 @@ fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Run
     move |source| RunError::Sql { what, source }
 }
 
+/// How long transient failures are retried before streaming has ever begun.
+pub const STARTUP_RETRY: Duration = Duration::from_secs(15);
+
 /// Runs until `shutdown` turns true or a non-transient error occurs.
 ///
-/// A failure before the first `START_REPLICATION` succeeds ends the process
-/// (exit code 1, one error line): at start an unreachable database or a
-/// refused password is far more often a configuration mistake than an
-/// outage, and a supervisor restarting the sidecar makes it visible. Once
+/// Before the first `START_REPLICATION` succeeds, transient failures are
+/// retried only for [`STARTUP_RETRY`], then end the process (exit code 1, one
+/// error line): at start an unreachable database is more often a
+/// configuration mistake than an outage, and a supervisor restarting the
+/// sidecar makes it visible; the short grace covers a follower session of a
+/// killed predecessor that still holds the replication origin. Once
 /// streaming has begun, transient failures (a leader or follower restart, a
-/// lost connection) are retried with backoff, resuming from the followers'
-/// origins.
+/// lost connection) are retried with backoff for as long as it takes,
+/// resuming from the followers' origins.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     if config.followers.is_empty() {
         return Err(RunError::Setup("no [[follower]] configured".into()));
     }
+    let telemetry = Telemetry::start(&config).await?;
     let mut backoff = Duration::from_millis(200);
     let mut streamed = false;
+    let started = std::time::Instant::now();
     loop {
-        match run_session(&config, shutdown.clone(), &mut streamed).await {
+        let session_started = std::time::Instant::now();
+        let result = run_session(&config, shutdown.clone(), &mut streamed, &telemetry).await;
+        if session_started.elapsed() > Duration::from_secs(60) {
+            // A session that lived a while: the next failure is a new outage.
+            backoff = Duration::from_millis(200);
+        }
+        if let Err(e) = &result {
+            e.count();
+            telemetry.down(&crate::report::error_chain(e));
+        }
+        match result {
             Ok(()) => return Ok(()),
-            Err(e) if streamed && e.is_transient() && !*shutdown.borrow() => {
+            Err(e)
+                if e.is_transient()
+                    && !*shutdown.borrow()
+                    && (streamed || started.elapsed() + backoff <= STARTUP_RETRY) =>
+            {
                 tracing::warn!(error = %crate::report::error_chain(&e), retry_in_ms = backoff.as_millis() as u64, "Pipeline failed; reconnecting.");
+                telemetry.reconnecting();
                 let mut stop = shutdown.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -183,6 +233,7 @@ async fn run_session(
     config: &Config,
     mut shutdown: watch::Receiver<bool>,
     streamed: &mut bool,
+    telemetry: &Telemetry,
 ) -> Result<(), RunError> {
     let origin = config.origin_name();
     let sets: Vec<_> = config.replica_sets();
@@ -301,10 +352,16 @@ async fn run_session(
     };
     let mut senders = Vec::with_capacity(followers.len());
     let mut progresses = Vec::with_capacity(followers.len());
+    let mut health = Vec::with_capacity(followers.len());
     let mut sinks = JoinSet::new();
     for f in followers {
         let progress = Progress::starting_at(f.origin_lsn);
         progresses.push(progress.clone());
+        health.push(FollowerHealth {
+            name: f.name.clone(),
+            progress: progress.clone(),
+            client: f.client.clone(),
+        });
         let spec = SinkSpec {
             follower: f.name.clone(),
             set_bit: f.set_bit,
@@ -318,6 +375,7 @@ async fn run_session(
         sinks.spawn(run_sink(sink, rx));
     }
     let feedback = Feedback::new(progresses);
+    let _streaming = telemetry.streaming(feedback.clone(), health);
     let (stop_feedback, stop_rx) = watch::channel(false);
     let feedback_task = tokio::spawn(feedback.clone().run(
         status.clone(),
@@ -327,6 +385,7 @@ async fn run_session(
 
     let mut assembler = Assembler::new(config.apply.spool_dir.clone());
     let mut filter = FilterStage::new(model);
+    let mut seen = StreamMetrics::default();
     let mut last_idle = Lsn::ZERO;
     let mut last_received = start_lsn;
     let reader: Result<(), RunError> = async {
@@ -355,11 +414,11 @@ async fn run_session(
                     match assembler.handle(x.wal_start, x.data)? {
                         Assembled::Nothing => {}
                         Assembled::Event(event) => {
-                            forward(&mut filter, &senders, event).await?;
+                            forward(&mut filter, &mut seen, &senders, event).await?;
                         }
                         Assembled::Replay(mut replay) => {
                             while let Some(event) = replay.next_event(&assembler)? {
-                                forward(&mut filter, &senders, event).await?;
+                                forward(&mut filter, &mut seen, &senders, event).await?;
                             }
                         }
                     }
@@ -374,7 +433,7 @@ async fn run_session(
                     if assembler.is_idle() && pending {
                         last_idle = last_idle.max(k.wal_end);
                         feedback.received(k.wal_end);
-                        forward(&mut filter, &senders, TxnEvent::Idle { wal_end: k.wal_end })
+                        forward(&mut filter, &mut seen, &senders, TxnEvent::Idle { wal_end: k.wal_end })
                             .await?;
                     }
                     if k.reply_requested {
@@ -406,6 +465,7 @@ async fn run_session(
                 {
                     first_error = Some(e.into());
                 } else {
+                    count_error("apply", Some(e.follower()));
                     tracing::error!(error = %crate::report::error_chain(&e), "Follower apply failed.");
                 }
             }
@@ -428,10 +488,12 @@ async fn run_session(
 
 async fn forward(
     filter: &mut FilterStage,
+    seen: &mut StreamMetrics,
     senders: &[mpsc::Sender<TxnEvent>],
     mut event: TxnEvent,
 ) -> Result<(), RunError> {
     filter.process(&mut event)?;
+    seen.observe(&event);
     let Some((last, rest)) = senders.split_last() else {
         return Ok(());
     };

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pgsieve_filters::SetMask;
@@ -23,6 +23,7 @@ use super::origin::{FORCE_XID_SQL, XACT_SETUP_SQL};
 use super::pipeline::Pipeline;
 use super::statements::{TableShape, truncate_sql};
 use super::value::WireValue;
+use crate::metrics::{FollowerMetrics, TableMetrics};
 use crate::txn::{RowChange, RowOp, TxnCommit, TxnEvent};
 
 /// Where an apply failure happened.
@@ -79,6 +80,15 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// The follower that failed (metrics label, status).
+    pub fn follower(&self) -> &str {
+        match self {
+            ApplyError::Statement { follower, .. }
+            | ApplyError::Schema { follower, .. }
+            | ApplyError::Invalid { follower, .. } => follower,
+        }
+    }
+
     /// Whether the follower connection was lost (reconnect and resume from
     /// the origin) rather than a change being unappliable (stop).
     pub fn is_transient(&self) -> bool {
@@ -98,6 +108,8 @@ impl ApplyError {
 pub struct Progress {
     committed_end: AtomicU64,
     last_apply_micros: AtomicU64,
+    /// Leader commit time (µs since 2000) of the last applied transaction, 0 if none.
+    last_commit_time: AtomicI64,
 }
 
 impl Progress {
@@ -113,8 +125,10 @@ impl Progress {
         Lsn(self.committed_end.load(Ordering::Acquire))
     }
 
-    fn record(&self, lsn: Lsn) {
+    fn record(&self, lsn: Lsn, commit_time: PgTimestamp) {
         self.committed_end.fetch_max(lsn.0, Ordering::AcqRel);
+        self.last_commit_time
+            .store(commit_time.0, Ordering::Release);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -125,6 +139,15 @@ impl Progress {
     /// Unix time (µs) of the last follower commit, 0 if none.
     pub fn last_apply_micros(&self) -> u64 {
         self.last_apply_micros.load(Ordering::Acquire)
+    }
+
+    /// Leader commit time of the last transaction committed on the
+    /// follower (for lag in seconds), `None` before the first commit.
+    pub fn last_commit_time(&self) -> Option<PgTimestamp> {
+        match self.last_commit_time.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(PgTimestamp(t)),
+        }
     }
 }
 
@@ -173,6 +196,7 @@ struct TableApply {
     inserts: HashMap<usize, Statement>,
     delete: Statement,
     updates: HashMap<u64, Statement>,
+    metrics: TableMetrics,
 }
 
 struct Group {
@@ -210,6 +234,10 @@ pub struct Sink {
     skipping: bool,
     /// Consecutive inserts into one table, sent as one multi-row statement.
     batch: Option<InsertBatch>,
+    metrics: FollowerMetrics,
+    /// Leader commit times of the transactions in the open group (apply
+    /// latency, group size); reused across groups.
+    commit_times: Vec<PgTimestamp>,
 }
 
 /// Inserts waiting to be sent together.
@@ -276,6 +304,7 @@ impl Sink {
                 })
             }
         };
+        let metrics = FollowerMetrics::new(&follower);
         Ok(Sink {
             begin: prepare("BEGIN", "begin").await?,
             commit: prepare("COMMIT", "commit").await?,
@@ -296,6 +325,8 @@ impl Sink {
             skip_until,
             skipping: false,
             batch: None,
+            metrics,
+            commit_times: Vec::new(),
         })
     }
 
@@ -307,6 +338,11 @@ impl Sink {
     /// Counters so far.
     pub fn stats(&self) -> SinkStats {
         self.stats
+    }
+
+    /// Metric handles of this follower.
+    pub fn metrics(&self) -> &FollowerMetrics {
+        &self.metrics
     }
 
     /// Shared durable progress.
@@ -387,6 +423,7 @@ impl Sink {
             TxnEvent::Relation(relation) => self.on_relation(relation).await,
             TxnEvent::Begin(begin) => {
                 if self.group.is_none() {
+                    self.commit_times.clear();
                     self.push_control(Control::Begin, begin.commit_lsn).await?;
                     self.group = Some(Group {
                         started: Instant::now(),
@@ -466,6 +503,7 @@ impl Sink {
                 inserts: HashMap::from([(1, insert)]),
                 delete,
                 updates: HashMap::new(),
+                metrics: self.metrics.table(relation),
             },
         );
         Ok(())
@@ -478,6 +516,9 @@ impl Sink {
     async fn on_change(&mut self, change: &RowChange) -> Result<(), ApplyError> {
         if !self.allowed(change.mask) {
             self.stats.rows_dropped += 1;
+            if let Some(table) = self.tables.get(&change.relation.oid) {
+                table.metrics.dropped.increment(1);
+            }
             return Ok(());
         }
         let commit_lsn = self.commit_lsn();
@@ -516,6 +557,7 @@ impl Sink {
                     .extend(insert.new.columns().map(|c| wire(&insert.new, c)));
                 batch.rows += 1;
                 let full = batch.rows >= max_rows;
+                table.metrics.forwarded.increment(1);
                 self.stats.rows_applied += 1;
                 if let Some(group) = &mut self.group {
                     group.rows += 1;
@@ -578,6 +620,7 @@ impl Sink {
                 (statement, params)
             }
         };
+        table.metrics.forwarded.increment(1);
         self.push(&statement, params, context).await?;
         self.stats.rows_applied += 1;
         if let Some(group) = &mut self.group {
@@ -647,6 +690,7 @@ impl Sink {
         let Some(group) = &mut self.group else {
             return Ok(());
         };
+        self.commit_times.push(commit.commit_time);
         group.in_leader_txn = false;
         group.last_end = commit.end_lsn;
         group.last_time = commit.commit_time;
@@ -792,7 +836,9 @@ impl Sink {
         self.push_control(Control::Commit, group.commit_lsn).await?;
         self.pipeline.drain().await.map_err(|e| self.fail(e))?;
         self.stats.follower_commits += 1;
-        self.progress.record(group.last_end);
+        self.progress.record(group.last_end, group.last_time);
+        self.metrics.committed(&self.commit_times);
+        self.commit_times.clear();
         Ok(())
     }
 
@@ -825,6 +871,7 @@ impl Sink {
     /// Abandons the open follower transaction (shutdown or reconnect).
     pub async fn abandon(&mut self) {
         self.batch = None;
+        self.commit_times.clear();
         self.pipeline.clear();
         if self.group.take().is_some() {
             let _ = self.client.batch_execute("ROLLBACK").await;

@@ -151,26 +151,44 @@ impl Resync {
             prepared.insert.clone(),
             prepared.select_sql.clone(),
         );
-        let all: Vec<String> = flips.iter().map(|f| f.resource_id.clone()).collect();
-        let wanted: Vec<String> = flips
-            .iter()
-            .filter(|f| f.now_in)
-            .map(|f| f.resource_id.clone())
-            .collect();
+        let (wanted, leaving): (Vec<&Flip>, Vec<&Flip>) =
+            flips.iter().copied().partition(|f| f.now_in);
+        let ids = |flips: &[&Flip]| -> Vec<String> {
+            flips.iter().map(|f| f.resource_id.clone()).collect()
+        };
+        let (wanted, leaving) = (ids(&wanted), ids(&leaving));
         let context = |op: &'static str| ApplyContext {
             commit_lsn,
             table: Arc::from(SECRETS),
             op,
         };
-        let client = sink.client().clone();
-        sink.push_future(
-            async move { client.execute(&delete, &[&all]).await },
-            context("resync purge"),
-        )
-        .await?;
+        // Variables that left the set: purge (counted as such). Variables
+        // that entered it: clear whatever the follower holds, then copy.
+        if !leaving.is_empty() {
+            sink.metrics().purged(leaving.len() as u64);
+            let client = sink.client().clone();
+            let purged_rows = sink.metrics().purge_rows();
+            let delete = delete.clone();
+            sink.push_future(
+                async move {
+                    let rows = client.execute(&delete, &[&leaving]).await?;
+                    purged_rows.increment(rows);
+                    Ok(rows)
+                },
+                context("resync purge"),
+            )
+            .await?;
+        }
         if wanted.is_empty() {
             return Ok(0);
         }
+        let client = sink.client().clone();
+        let clear = wanted.clone();
+        sink.push_future(
+            async move { client.execute(&delete, &[&clear]).await },
+            context("resync clear"),
+        )
+        .await?;
         let any = self.set.rule == Rule::Any;
         let rows = sink
             .leader()
@@ -197,6 +215,7 @@ impl Resync {
             sink.push_sql(&insert, params, context("resync copy"))
                 .await?;
         }
+        sink.metrics().backfilled(wanted.len() as u64, copied);
         Ok(copied)
     }
 }
