@@ -4,6 +4,7 @@ mod bad_input;
 mod conformance;
 mod crash;
 mod demo;
+mod docker_kit;
 mod harness;
 mod inspect;
 mod latency;

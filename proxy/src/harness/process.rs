@@ -140,6 +140,7 @@ pub struct PgsieveProcess {
     child: Option<Child>,
     dir: tempfile::TempDir,
     config: PathBuf,
+    env: Vec<(String, String)>,
     log: PathBuf,
     starts: u32,
 }
@@ -152,11 +153,31 @@ impl PgsieveProcess {
         let path = dir.path().join("pgsieve.toml");
         std::fs::write(&path, config.to_toml())
             .map_err(|e| HarnessError::Usage(format!("writing pgsieve.toml: {e}")))?;
+        Self::start_file(&path, Vec::new(), dir)
+    }
+
+    /// Starts `pgsieve run -c <config_file>` with `env` added (`PGSIEVE_*`
+    /// overrides): how the docker kit's own config files are exercised.
+    pub fn start_with_env(
+        config_file: &Path,
+        env: Vec<(String, String)>,
+    ) -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| HarnessError::Usage(format!("temp dir for pgsieve: {e}")))?;
+        Self::start_file(config_file, env, dir)
+    }
+
+    fn start_file(
+        config_file: &Path,
+        env: Vec<(String, String)>,
+        dir: tempfile::TempDir,
+    ) -> Result<Self, HarnessError> {
         let log = dir.path().join("pgsieve.log");
         let mut process = Self {
             child: None,
             dir,
-            config: path,
+            config: config_file.to_owned(),
+            env,
             log,
             starts: 0,
         };
@@ -185,6 +206,7 @@ impl PgsieveProcess {
                 "PGSIEVE_LOG",
                 std::env::var("PGSIEVE_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
             .spawn()
@@ -239,6 +261,37 @@ impl PgsieveProcess {
         }
     }
 
+    /// Process id of the running pgsieve, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Peak resident set size of the running process so far, in KiB (`VmHWM` in
+    /// `/proc/<pid>/status`); `None` if it is not running or the value is unreadable.
+    /// Read it before terminating: the kernel forgets it at exit.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its exit code
+    /// (`Some(None)` for a signal), or `None` if it is still running.
+    pub fn wait_exited(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.exited() {
+                return Some(code);
+            }
+            if self.child.is_none() || Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// If the process has exited, its exit code (`Some(None)` for a signal).
     pub fn exited(&mut self) -> Option<Option<i32>> {
         let child = self.child.as_mut()?;
@@ -263,8 +316,18 @@ pub fn run_pgsieve(
     args: &[&str],
     timeout: Duration,
 ) -> Result<(Option<i32>, String, String), HarnessError> {
+    run_pgsieve_with_env(args, &[], timeout)
+}
+
+/// [`run_pgsieve`] with extra environment variables (`PGSIEVE_*` overrides).
+pub fn run_pgsieve_with_env(
+    args: &[&str],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<(Option<i32>, String, String), HarnessError> {
     let mut child = Command::new(pgsieve_binary()?)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
