@@ -21,3 +21,5 @@ pub fn accepts_connections(port: u16) -> bool {
     )
     .is_ok()
 }
+
+pub mod mix;
