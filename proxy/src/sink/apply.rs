@@ -683,7 +683,8 @@ impl Sink {
             let flips: Vec<_> = commit.effects.for_set(bit).collect();
             if !flips.is_empty() {
                 self.flush_batch().await?;
-                self.resync_flips(commit.commit_lsn, &flips).await?;
+                self.resync_flips(commit.xid, commit.commit_lsn, &flips)
+                    .await?;
             }
         }
         self.stats.transactions += 1;
@@ -702,6 +703,7 @@ impl Sink {
 
     async fn resync_flips(
         &mut self,
+        xid: u32,
         commit_lsn: Lsn,
         flips: &[&pgsieve_filters::Flip],
     ) -> Result<(), ApplyError> {
@@ -710,7 +712,7 @@ impl Sink {
         };
         let mut resync = resync;
         let started = Instant::now();
-        let result = resync.run(self, commit_lsn, flips).await;
+        let result = resync.run(self, xid, commit_lsn, flips).await;
         tracing::debug!(
             follower = %self.follower,
             %commit_lsn,

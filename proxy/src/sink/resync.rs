@@ -10,6 +10,7 @@
 //! of the stream are re-applied idempotently when their changes arrive.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pgsieve_filters::{Flip, ReplicaSetSpec, Rule};
 use pgsieve_protocol::Lsn;
@@ -57,6 +58,42 @@ fn select_sql(columns: &[String]) -> String {
                       AND ($3::bool OR p.privilege = 'execute')) \
            OR s.resource_id LIKE ANY($4::text[]))"
     )
+}
+
+/// Whether 32-bit xid `$1` is visible to a snapshot taken now (its epoch
+/// taken from the snapshot's xmax, one less when the xid is ahead of xmax's
+/// low half, i.e. from before a wraparound).
+const VISIBLE_SQL: &str = "\
+SELECT pg_visible_in_snapshot(
+         ((((x >> 32) - (($1::int8 > (x & 4294967295))::int)) << 32) | $1::int8)::text::xid8,
+         pg_current_snapshot())
+FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS x) AS s";
+
+/// How long a committed transaction may stay invisible before apply stops.
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until leader transaction `xid` is visible to new snapshots. Logical
+/// decoding may hand over a commit as soon as its WAL record is flushed, a
+/// moment before the committing backend leaves the proc array; a backfill
+/// query in that moment would not see the grant and would copy nothing.
+async fn wait_visible(leader: &Client, xid: u32) -> Result<(), tokio_postgres::Error> {
+    let started = Instant::now();
+    loop {
+        let visible: bool = leader
+            .query_one(VISIBLE_SQL, &[&i64::from(xid)])
+            .await?
+            .get(0);
+        if visible || started.elapsed() > VISIBLE_TIMEOUT {
+            if !visible {
+                tracing::warn!(
+                    xid,
+                    "Leader transaction still invisible; re-syncing anyway."
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// A `*` glob as a LIKE pattern.
@@ -140,6 +177,7 @@ impl Resync {
     pub async fn run(
         &mut self,
         sink: &mut Sink,
+        xid: u32,
         commit_lsn: Lsn,
         flips: &[&Flip],
     ) -> Result<u64, ApplyError> {
@@ -190,6 +228,15 @@ impl Resync {
         )
         .await?;
         let any = self.set.rule == Rule::Any;
+        wait_visible(sink.leader(), xid)
+            .await
+            .map_err(|source| ApplyError::Statement {
+                follower: sink.follower_name().to_owned(),
+                commit_lsn,
+                table: Arc::from(SECRETS),
+                op: "resync wait for the leader commit",
+                source,
+            })?;
         let rows = sink
             .leader()
             .query(
