@@ -236,12 +236,11 @@ async fn run_session(
     telemetry: &Telemetry,
 ) -> Result<(), RunError> {
     let origin = config.origin_name();
-    let sets: Vec<_> = config.replica_sets();
-    let specs: Vec<_> = sets.iter().map(|(_, s)| s.clone()).collect();
+    let (specs, set_bits) = config.replica_sets();
 
     // Followers first: their origins say where to resume.
     let mut followers = Vec::with_capacity(config.followers.len());
-    for f in &config.followers {
+    for (f, &set_bit) in config.followers.iter().zip(&set_bits) {
         let client = connect_sql(&f.pg, &format!("follower {}", f.name)).await?;
         let origin_lsn = setup_apply_session(&client, &origin)
             .await
@@ -249,9 +248,6 @@ async fn run_session(
                 "setting up apply session on follower {}",
                 f.name
             )))?;
-        let set_bit = sets
-            .iter()
-            .position(|(i, _)| config.followers[*i].name == f.name);
         followers.push(FollowerSession {
             name: f.name.clone(),
             client,

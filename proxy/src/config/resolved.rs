@@ -187,14 +187,35 @@ impl Config {
         })
     }
 
-    /// The replica-set specs of all followers that have one, in follower order,
-    /// with the follower index each belongs to.
-    pub fn replica_sets(&self) -> Vec<(usize, ReplicaSetSpec)> {
-        self.followers
+    /// The distinct replica sets of the followers (one model bit each), and for
+    /// each follower, in config order, the bit of its set (`None`: it gets
+    /// everything). Followers configured with the same set (same data group,
+    /// rule and `always`) share one bit: two followers of one region in hub
+    /// mode cost one membership computation, not two.
+    pub fn replica_sets(&self) -> (Vec<ReplicaSetSpec>, Vec<Option<usize>>) {
+        let mut specs: Vec<ReplicaSetSpec> = Vec::new();
+        let bits = self
+            .followers
             .iter()
-            .enumerate()
-            .filter_map(|(i, f)| f.replica_set.clone().map(|s| (i, s)))
-            .collect()
+            .map(|f| {
+                let spec = f.replica_set.as_ref()?;
+                let same = |s: &ReplicaSetSpec| {
+                    s.data_group == spec.data_group
+                        && s.rule == spec.rule
+                        && s.always == spec.always
+                };
+                Some(specs.iter().position(same).unwrap_or_else(|| {
+                    // Same data group under another rule: a name of its own.
+                    let mut spec = spec.clone();
+                    if specs.iter().any(|s| s.name == spec.name) {
+                        spec.name = format!("{} ({})", spec.name, f.name);
+                    }
+                    specs.push(spec);
+                    specs.len() - 1
+                }))
+            })
+            .collect();
+        (specs, bits)
     }
 
     /// Name of the replication origin that records this slot's progress on a follower.
@@ -330,6 +351,31 @@ mod tests {
             ),
             "acme:group:conjur/replication-sets/x/replicated-data"
         );
+    }
+
+    #[test]
+    fn followers_of_one_set_share_its_bit() {
+        let follower = |name: &str, set: &str, privilege: &str| {
+            format!(
+                "[[follower]]\nname = \"{name}\"\nurl = \"host=h user=u dbname=conjur\"\n\
+                 replica_set = \"{set}\"\nprivilege = \"{privilege}\"\n"
+            )
+        };
+        let text = format!(
+            "[leader]\nurl = \"host=l user=r dbname=conjur\"\n{}{}{}{}\
+             [[follower]]\nname = \"all\"\nurl = \"host=h user=u dbname=conjur\"\n",
+            follower("east-1", "us-east", "execute"),
+            follower("west", "eu-west", "execute"),
+            follower("east-2", "conjur/replication-sets/us-east", "execute"),
+            follower("east-any", "us-east", "any"),
+        );
+        let config = Config::resolve_with_env(&RawConfig::parse(&text).unwrap(), |_| None).unwrap();
+        let (specs, bits) = config.replica_sets();
+        assert_eq!(bits, vec![Some(0), Some(1), Some(0), Some(2), None]);
+        assert_eq!(specs.len(), 3);
+        // Same data group under another rule: its own bit and its own name.
+        assert_eq!(specs[2].data_group, specs[0].data_group);
+        assert_ne!(specs[2].name, specs[0].name);
     }
 
     #[test]

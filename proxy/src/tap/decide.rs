@@ -33,27 +33,27 @@ pub struct Targets(pub Vec<Target>);
 impl Targets {
     /// Followers of `config`; set bits follow `Config::replica_sets`, as in `run`.
     pub fn from_config(config: &Config) -> Targets {
-        let sets = config.replica_sets();
+        let (_, bits) = config.replica_sets();
         Targets(
             config
                 .followers
                 .iter()
-                .enumerate()
-                .map(|(i, f)| Target {
+                .zip(bits)
+                .map(|(f, bit)| Target {
                     follower: f.name.clone(),
                     replica_set: f
                         .replica_set
                         .as_ref()
                         .map_or_else(|| FULL.to_owned(), |s| s.name.clone()),
-                    bit: sets.iter().position(|(index, _)| *index == i),
+                    bit,
                 })
                 .collect(),
         )
     }
 
-    /// The follower holding set bit `bit`.
-    pub fn for_bit(&self, bit: usize) -> Option<&Target> {
-        self.0.iter().find(|t| t.bit == Some(bit))
+    /// The followers holding set bit `bit` (several when they share a set).
+    pub fn for_bit(&self, bit: usize) -> impl Iterator<Item = &Target> {
+        self.0.iter().filter(move |t| t.bit == Some(bit))
     }
 
     /// The decisions for `change` for every target `keep` accepts. `model` is

@@ -137,7 +137,7 @@ pub async fn run(
     let model = match opened.model {
         Some(model) => model,
         None => {
-            let specs = config.replica_sets().into_iter().map(|(_, s)| s).collect();
+            let specs = config.replica_sets().0;
             Model::new(specs).map_err(BootstrapError::from)?
         }
     };

@@ -292,10 +292,12 @@ impl<W: Write> Session<W> {
                 let commit_time = txn.commit_time.clone();
                 self.txn = Some(txn);
                 if self.has_model {
-                    for flip in &commit.effects.flips {
-                        let Some(target) = self.targets.for_bit(flip.set).cloned() else {
-                            continue;
-                        };
+                    let flips = commit.effects.flips.iter().flat_map(|flip| {
+                        self.targets
+                            .for_bit(flip.set)
+                            .map(move |target| (flip, target.clone()))
+                    });
+                    for (flip, target) in flips.collect::<Vec<_>>() {
                         if !self
                             .selection
                             .effect(commit.xid, &target, &flip.resource_id)

@@ -176,7 +176,7 @@ pub async fn open_live(config: &Config) -> Result<Opened, TapError> {
         ))
         .await
         .map_err(sql_err("importing the tap slot's snapshot on the leader"))?;
-    let specs = config.replica_sets().into_iter().map(|(_, s)| s).collect();
+    let specs = config.replica_sets().0;
     let model = model_from_tables(&leader, specs).await?;
     leader
         .batch_execute("COMMIT")
@@ -227,7 +227,7 @@ pub async fn open_capture(config: &Config, path: &Path) -> Result<Opened, TapErr
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(sql_err("reading the leader's model tables"))?;
-            let specs = config.replica_sets().into_iter().map(|(_, s)| s).collect();
+            let specs = config.replica_sets().0;
             let model = model_from_tables(&leader, specs).await?;
             leader
                 .batch_execute("COMMIT")
