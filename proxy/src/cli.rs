@@ -94,6 +94,10 @@ pub enum Command {
         /// No progress spinner, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// Follower counts of the fan-out runs, e.g. `1,2,4,8` (default: that, or
+        /// `1,2` with `--quick`; none when `--workload` is given); `0` for none.
+        #[arg(long, value_delimiter = ',', value_name = "N,...")]
+        fanout: Option<Vec<usize>>,
     },
     /// Local leader + two followers (installed PostgreSQL), a sample policy with two
     /// replica sets, a live grant and revoke with their latency; then cleans up.

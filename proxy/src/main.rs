@@ -145,11 +145,18 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             out,
             workloads,
             no_progress,
+            fanout,
         } => {
             init_logging(LogFormat::Text, "warn");
             let mut options = pgsieve::bench::BenchOptions::new(quick);
             options.out = out;
+            if !workloads.is_empty() {
+                options.fanout.clear();
+            }
             options.workloads = workloads;
+            if let Some(counts) = fanout {
+                options.fanout = counts.into_iter().filter(|&n| n > 0).collect();
+            }
             options.progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
             let report = pgsieve::bench::run(&options)
                 .await

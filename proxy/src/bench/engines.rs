@@ -355,7 +355,7 @@ impl Engine {
     }
 
     /// Adds pgsieve's log tail (or the follower's server log) to an error.
-    fn with_log(&self, e: BenchError) -> BenchError {
+    pub(crate) fn with_log(&self, e: BenchError) -> BenchError {
         let log = match self {
             Engine::Pgsieve { process, .. } => {
                 let log = process.log();
@@ -372,6 +372,19 @@ impl Engine {
     }
 }
 
+/// `CREATE PUBLICATION` of Conjur's tables for native subscribers, `secrets`
+/// with the closest row filter PG15 can express for `filter`.
+pub fn native_publication_sql(name: &str, filter: Filter) -> String {
+    let tables: Vec<String> = crate::setup::CONJUR_TABLES
+        .iter()
+        .map(|t| match (*t, native_filter(filter)) {
+            ("secrets", Some(pattern)) => format!("secrets WHERE (resource_id LIKE '{pattern}')"),
+            (t, _) => t.to_owned(),
+        })
+        .collect();
+    format!("CREATE PUBLICATION {name} FOR TABLE {}", tables.join(", "))
+}
+
 /// Publication on the leader (Conjur's tables; secrets with a `LIKE` filter for
 /// `half`), subscription on the follower (copies everything first).
 async fn setup_native(
@@ -380,18 +393,8 @@ async fn setup_native(
     side: &FollowerSide,
     filter: Filter,
 ) -> Result<(), BenchError> {
-    let tables: Vec<String> = crate::setup::CONJUR_TABLES
-        .iter()
-        .map(|t| match (*t, native_filter(filter)) {
-            ("secrets", Some(pattern)) => format!("secrets WHERE (resource_id LIKE '{pattern}')"),
-            (t, _) => t.to_owned(),
-        })
-        .collect();
     leader_client
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {NATIVE} FOR TABLE {}",
-            tables.join(", ")
-        ))
+        .batch_execute(&native_publication_sql(NATIVE, filter))
         .await
         .ctx(|| "creating the native publication".into())?;
     side.client

@@ -180,6 +180,8 @@ pub async fn wait_slot_inactive(
 /// no client round trips), until the sentinel secret `sentinel` has version
 /// `version`. Apply is in commit order, so everything written before the
 /// sentinel is there too. A versioned sentinel never matches a stale row.
+/// The loop commits between lookups: one long transaction would hold its
+/// lock on `secrets` and block the initial copy's TRUNCATE it waits for.
 pub async fn wait_sentinel(
     follower: &Client,
     sentinel: &str,
@@ -187,25 +189,37 @@ pub async fn wait_sentinel(
     timeout: Duration,
 ) -> Result<(), HarnessError> {
     let lit = sentinel.replace('\'', "''");
-    let sql = format!(
-        "SET statement_timeout = '{}s';
-         DO $bench$ BEGIN
-           LOOP
-             EXIT WHEN EXISTS (SELECT 1 FROM secrets WHERE resource_id = '{lit}' AND version = {version});
-             PERFORM pg_sleep(0.01);
-           END LOOP;
-         END $bench$;
-         RESET statement_timeout;",
-        timeout.as_secs().max(1)
-    );
-    follower.batch_execute(&sql).await.map_err(|e| {
+    let context = || format!("waiting for sentinel {sentinel} v{version}");
+    follower
+        .batch_execute(&format!(
+            "SET statement_timeout = '{}s'",
+            timeout.as_secs().max(1)
+        ))
+        .await
+        .map_err(|e| HarnessError::pg(context(), e))?;
+    let waited = follower
+        .batch_execute(&format!(
+            "DO $bench$ BEGIN
+               LOOP
+                 EXIT WHEN EXISTS (SELECT 1 FROM secrets WHERE resource_id = '{lit}' AND version = {version});
+                 COMMIT;
+                 PERFORM pg_sleep(0.01);
+               END LOOP;
+             END $bench$"
+        ))
+        .await;
+    follower
+        .batch_execute("RESET statement_timeout")
+        .await
+        .map_err(|e| HarnessError::pg(context(), e))?;
+    waited.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
             HarnessError::Timeout {
                 what: format!("sentinel {sentinel} version {version} on the follower"),
                 waited: timeout,
             }
         } else {
-            HarnessError::pg(format!("waiting for sentinel {sentinel} v{version}"), e)
+            HarnessError::pg(context(), e)
         }
     })
 }

@@ -7,12 +7,14 @@ grant/revoke latency probe. Issue 9.
 - [`workloads`]: what is written (W1–W4), sizes, expected follower contents.
 - [`engines`]: setting up, pausing and resuming each engine.
 - [`measure`]: CPU seconds, peak RSS, the sentinel wait.
+- [`fanout`]: one leader feeding 1–8 followers: hub vs sidecars vs native.
 - [`report`]: Markdown, JSON and SVG.
 
 Entry point: [`run`]. Behind the `harness` feature.
 */
 
 pub mod engines;
+pub mod fanout;
 pub mod measure;
 pub mod report;
 pub mod workloads;
@@ -81,6 +83,8 @@ pub struct BenchOptions {
     pub workloads: Vec<Workload>,
     /// Show a progress spinner on a terminal.
     pub progress: bool,
+    /// Follower counts of the fan-out runs (empty: none).
+    pub fanout: Vec<usize>,
 }
 
 impl BenchOptions {
@@ -92,6 +96,7 @@ impl BenchOptions {
             out: None,
             workloads: Vec::new(),
             progress: true,
+            fanout: if quick { vec![1, 2] } else { vec![1, 2, 4, 8] },
         }
     }
 }
@@ -173,6 +178,7 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             cases.push(case);
         }
     }
+    let fanout = fanout::run(&options.sizes, &options.fanout, &progress).await?;
     progress.finish_and_clear();
     let report = Report {
         date: today(),
@@ -181,6 +187,7 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
         machine: machine(),
         cases,
         latency,
+        fanout,
         notes,
     };
     let out = options
@@ -389,14 +396,22 @@ async fn run_latency(sizes: &Sizes, progress: &ProgressBar) -> Result<LatencyRes
             resource: variable.clone(),
         };
         crate::harness::workload::apply_changes(&leader_client, None, &[permit]).await?;
-        grants.push(until_rows(&side.client, variable, |n| n == versions).await?);
+        grants.push(
+            until_rows(&side.client, variable, |n| n == versions)
+                .await
+                .map_err(|e| engine.with_log(e))?,
+        );
         let deny = Change::Deny {
             role: group.clone(),
             privilege: "execute".into(),
             resource: variable.clone(),
         };
         crate::harness::workload::apply_changes(&leader_client, None, &[deny]).await?;
-        revokes.push(until_rows(&side.client, variable, |n| n == 0).await?);
+        revokes.push(
+            until_rows(&side.client, variable, |n| n == 0)
+                .await
+                .map_err(|e| engine.with_log(e))?,
+        );
     }
     grants.sort();
     revokes.sort();

@@ -111,6 +111,8 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
     /// W3, when run.
     pub latency: Option<LatencyResult>,
+    /// Fan-out runs (hub vs sidecars vs native by follower count).
+    pub fanout: Vec<super::fanout::FanoutResult>,
     /// Caveats (skipped engines, settings that affect every engine).
     pub notes: Vec<String>,
 }
@@ -148,6 +150,11 @@ impl Report {
                         out.push(format!("{} {}: {p}", case.label(), e.engine.name()));
                     }
                 }
+            }
+        }
+        for f in &self.fanout {
+            for p in &f.problems {
+                out.push(format!("fan-out {} x{}: {p}", f.mode.name(), f.followers));
             }
         }
         out
@@ -316,6 +323,9 @@ impl Report {
                 l.initial_copy_seconds, l.peers
             );
         }
+        if !self.fanout.is_empty() {
+            self.fanout_markdown(&mut md);
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(md, "\n## Notes\n");
             for n in &self.notes {
@@ -323,6 +333,66 @@ impl Report {
             }
         }
         md
+    }
+
+    /// The fan-out section: per follower count, each mode's leader CPU and
+    /// catch-up, and the hub's leader CPU as a share of the others'.
+    fn fanout_markdown(&self, md: &mut String) {
+        use super::fanout::FanoutMode;
+        let transactions = self.fanout.first().map_or(0, |f| f.transactions);
+        let _ = writeln!(
+            md,
+            "\n## Fan-out: leader cost per follower count\n\n\
+             W1 backlog of {transactions} single-row transactions, half the variables in the set; \
+             leader CPU = every leader process but the bench's session, during the catch-up.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| followers | mode | catch-up s | leader CPU s | pgsieve CPU s | check |\n\
+             |---:|---|---:|---:|---:|---|"
+        );
+        for f in &self.fanout {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} | {} | {} |",
+                f.followers,
+                f.mode.name(),
+                f.catch_up_seconds,
+                f.leader_cpu_seconds,
+                fmt_secs(f.pgsieve_cpu_seconds),
+                if f.problems.is_empty() {
+                    "ok".to_owned()
+                } else {
+                    format!("**{} problem(s)**", f.problems.len())
+                }
+            );
+        }
+        let cpu = |mode: FanoutMode, n: usize| {
+            self.fanout
+                .iter()
+                .find(|f| f.mode == mode && f.followers == n)
+                .map(|f| f.leader_cpu_seconds)
+        };
+        let mut counts: Vec<usize> = self.fanout.iter().map(|f| f.followers).collect();
+        counts.dedup();
+        let _ = writeln!(
+            md,
+            "\n| followers | leader CPU: hub ÷ sidecars | hub ÷ native | hub(N) ÷ hub(1) |\n|---:|---:|---:|---:|"
+        );
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "–".to_owned(),
+        };
+        for n in counts {
+            let hub = cpu(FanoutMode::Hub, n);
+            let _ = writeln!(
+                md,
+                "| {n} | {} | {} | {} |",
+                ratio(hub, cpu(FanoutMode::Sidecars, n)),
+                ratio(hub, cpu(FanoutMode::Native, n)),
+                ratio(hub, cpu(FanoutMode::Hub, 1))
+            );
+        }
     }
 
     /// The JSON text (every raw figure).

@@ -101,6 +101,8 @@ pub struct Sizes {
     pub w3_rounds: usize,
     /// W4: rows the policy load writes directly (triggers add more).
     pub w4_rows: u64,
+    /// Fan-out: single-row transactions of the backlog each follower count replays.
+    pub fanout_transactions: u64,
 }
 
 impl Sizes {
@@ -112,6 +114,7 @@ impl Sizes {
             w3_secrets: 1_000_000,
             w3_rounds: 20,
             w4_rows: 100_000,
+            fanout_transactions: 50_000,
         }
     }
 
@@ -123,6 +126,7 @@ impl Sizes {
             w3_secrets: 100_000,
             w3_rounds: 10,
             w4_rows: 10_000,
+            fanout_transactions: 5_000,
         }
     }
 }
