@@ -1,6 +1,7 @@
 //! pgsieve integration tests: one binary, one module per behaviour, every test
 //! against real PostgreSQL clusters started by `pgsieve::harness`.
 mod bad_input;
+mod bench_quick;
 mod conformance;
 mod crash;
 mod demo;
