@@ -16,7 +16,7 @@ use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{PgsieveProcess, run_pgsieve_with_env};
-use pgsieve::harness::workload::{Change, apply_changes, create_replica_set};
+use pgsieve::harness::workload::{Change, apply_changes, create_replica_set, grant_layers_to_sets};
 use pgsieve::setup::CONJUR_TABLES;
 
 use crate::replication::wait_caught_up;
@@ -132,21 +132,7 @@ async fn kit_configs_run_two_sidecars_that_filter_by_their_sets() {
         .with_seed(5)
         .populate(&mut leader)
         .await);
-    ok(apply_changes(
-        &leader,
-        None,
-        &[
-            Change::GrantRole {
-                role: pop.layers[0].clone(),
-                member: sets[0].data_group(),
-            },
-            Change::GrantRole {
-                role: pop.layers[1].clone(),
-                member: sets[1].data_group(),
-            },
-        ],
-    )
-    .await);
+    ok(grant_layers_to_sets(&leader, &pop.layers[..2], &sets).await);
 
     let scratch = tempfile::tempdir().unwrap();
     let secrets = scratch.path().join("secrets");

@@ -17,7 +17,8 @@ use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::oracle::{OracleRule, variables_in_set};
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, pgsieve_binary, run_pgsieve};
 use pgsieve::harness::workload::{
-    Change, add_secret, apply_changes, create_replica_set, rotate_secret, set_expiration,
+    Change, add_secret, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
+    set_expiration,
 };
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -194,21 +195,7 @@ async fn tap_decisions_and_effects_match_the_oracle_and_a_capture_decodes_the_sa
         .populate(&mut leader)
         .await);
     let v = |app: usize, var: usize| pop.variables[app * 5 + var].clone();
-    ok(apply_changes(
-        &leader,
-        None,
-        &[
-            Change::GrantRole {
-                role: pop.layers[0].clone(),
-                member: sets[0].data_group(),
-            },
-            Change::GrantRole {
-                role: pop.layers[1].clone(),
-                member: sets[1].data_group(),
-            },
-        ],
-    )
-    .await);
+    ok(grant_layers_to_sets(&leader, &pop.layers[..2], &sets).await);
 
     // The tap never connects to followers; all three entries may name one cluster.
     let f = &topology.followers[0];

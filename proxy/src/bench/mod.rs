@@ -463,21 +463,11 @@ async fn until_rows(
     }
 }
 
-/// Today's UTC date as YYYY-MM-DD (civil-from-days, no calendar crate).
+/// Today's UTC date as YYYY-MM-DD (the tap's timestamp formatting, cut).
 fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let mut stamp = crate::tap::line::format_timestamp(pgsieve_protocol::PgTimestamp::now());
+    stamp.truncate(10);
+    stamp
 }
 
 /// What the run was measured on.

@@ -551,6 +551,25 @@ pub fn fake_ciphertext(rng: &mut impl RngCore, plaintext_len: usize) -> Vec<u8> 
     v
 }
 
+/// Makes each set's data group a member of the matching layer (`layers[i]`
+/// into `sets[i]`) in one transaction: the usual way a test puts whole apps
+/// into replica sets.
+pub async fn grant_layers_to_sets(
+    client: &impl GenericClient,
+    layers: &[String],
+    sets: &[ReplicaSet],
+) -> Result<(), HarnessError> {
+    let changes: Vec<Change> = layers
+        .iter()
+        .zip(sets)
+        .map(|(layer, set)| Change::GrantRole {
+            role: layer.clone(),
+            member: set.data_group(),
+        })
+        .collect();
+    apply_changes(client, None, &changes).await.map(drop)
+}
+
 /// Creates a replica set as `evoke replication-set create` does (idempotent): the
 /// account if missing, policies `conjur`, `conjur/replication-sets` and
 /// `conjur/replication-sets/<name>`, and the set's data group, in one policy load.
