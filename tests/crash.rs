@@ -1,10 +1,13 @@
-//! Crash safety and progress (invariants 2, 5 and 7): pgsieve killed with
-//! SIGKILL at seeded random points of a mixed Conjur workload, the leader and a
-//! follower restarted under it, idle periods with filtered-out writes, and a
-//! 1 M-row transaction's peak memory. After each run every follower must equal
-//! the leader (secrets filtered by the oracle for replica-set followers), and a
-//! background watch must never have seen the slot's `confirmed_flush_lsn`
-//! ahead of a follower's durable origin progress.
+//! Crash safety and progress (invariants 1, 2, 5 and 7): pgsieve killed with
+//! SIGKILL at seeded random points of a mixed Conjur workload (with its 100 k-row
+//! streamed policy load, filtered or not), during a filtered initial copy and
+//! during backfills, the leader and a follower restarted under it, idle periods
+//! with filtered-out writes, and a 1 M-row transaction's peak memory. After each
+//! run every follower must equal the leader (secrets filtered by the oracle for
+//! replica-set followers), a background watch must never have seen the slot's
+//! `confirmed_flush_lsn` ahead of a follower's durable origin progress, and a
+//! leak watch must never have seen a replica-set follower hold a `secrets` row of
+//! a variable never granted to its set.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,12 +18,12 @@ use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::{
-    FlushReport, FlushWatch, WatchedFollower, current_wal_insert_lsn, origin_progress,
-    slot_confirmed_flush, wait_slot_flush_at_least,
+    FlushReport, FlushWatch, LeakWatch, LeakWatched, WatchedFollower, current_wal_insert_lsn,
+    never_granted_rows, origin_progress, slot_confirmed_flush, wait_slot_flush_at_least,
 };
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
-use pgsieve::harness::workload::{Change, create_replica_set};
-use pgsieve::harness::{OracleRule, Topology};
+use pgsieve::harness::workload::{Change, apply_changes, create_replica_set, rotate_secret};
+use pgsieve::harness::{OracleRule, Topology, wait_initial_copy};
 use pgsieve::setup::CONJUR_TABLES;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -28,7 +31,7 @@ use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
 use crate::support::mix::{Mix, streaming_topology};
-use crate::support::ok;
+use crate::support::{assert_no_leak, never_granted_variables, ok};
 
 /// SIGKILLs per crash test.
 const KILLS: usize = 20;
@@ -232,9 +235,23 @@ async fn replica_set_followers_converge_after_sigkill_at_random_points() {
     let west = ReplicaSet::new("west");
     ok(create_replica_set(&mut leader, &east).await);
     ok(create_replica_set(&mut leader, &west).await);
-    let spec = PolicySpec::new("acme", 10, 6, 2).with_seed(12);
+    // App 10 is never granted: the mix writes its secrets but never grants,
+    // permits or deletes it.
+    let spec = PolicySpec::new("acme", 11, 6, 2).with_seed(12);
     let pop = ok(spec.populate(&mut leader).await);
-    ok(pgsieve::harness::workload::apply_changes(
+    let never_granted = never_granted_variables(&leader, &spec, 10).await;
+    let leak_watch = LeakWatch::spawn(
+        topology
+            .followers
+            .iter()
+            .map(|f| LeakWatched {
+                url: f.url(CONJUR_DB),
+                never_granted: never_granted.clone(),
+            })
+            .collect(),
+        WATCH_EVERY,
+    );
+    ok(apply_changes(
         &leader,
         None,
         &[
@@ -278,7 +295,10 @@ async fn replica_set_followers_converge_after_sigkill_at_random_points() {
             .collect(),
         WATCH_EVERY,
     );
-    let mix = Mix::new(22, spec, vec![east.clone(), west.clone()], None);
+    // The 100 k-row policy load streams through the filter too (its resources,
+    // permissions and memberships feed the model); the final comparison covers it.
+    let big = PolicySpec::new("bulk", 250, 100, 0).with_seed(5);
+    let mix = Mix::new(22, spec, vec![east.clone(), west.clone()], Some(big)).never_granting(10);
     let run = crash_run(
         &topology,
         &leader,
@@ -310,9 +330,399 @@ async fn replica_set_followers_converge_after_sigkill_at_random_points() {
             pgsieve.log()
         );
     }
+    let leaks = ok(leak_watch.stop().await);
+    assert_no_leak(&leaks, 100, &pgsieve.log());
+    let on_leader: i64 = ok(never_granted_rows(&leader, &never_granted).await)
+        .iter()
+        .map(|l| l.rows)
+        .sum();
     report("two replica sets (hub)", &run);
+    println!(
+        "two replica sets (hub): leak watch {} samples ({} unavailable) of {} never-granted \
+         variables ({on_leader} secrets rows on the leader), 0 violations",
+        leaks.samples,
+        leaks.unavailable,
+        never_granted.len()
+    );
     assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
     let _ = std::fs::remove_dir_all(&spool);
+}
+
+/// SIGKILLs during the initial copy (before it commits): the first a random
+/// moment after the start, the others at random rows of the `secrets` copy.
+const COPY_KILLS: usize = 4;
+/// Rows of `secrets` the leader sends in the test's initial copy (108 000), less
+/// a margin: the range of the random kill points.
+const COPY_ROWS: i64 = 100_000;
+/// Grant cycles whose backfill is interrupted by a SIGKILL.
+const BACKFILL_CYCLES: usize = 4;
+
+/// Where the initial copy was when [`wait_secrets_copy`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyPoint {
+    /// Killed this many ms after the start, wherever the copy was.
+    After(u64),
+    /// The leader had sent this many `secrets` rows (at least the threshold).
+    Rows(i64),
+    /// The `secrets` copy had run and finished; the copy's commit may be pending.
+    SecretsDone,
+    /// The follower's origin already had progress: the copy committed.
+    Committed,
+}
+
+/// Polls the leader's `pg_stat_progress_copy` until pgsieve's `COPY secrets TO
+/// STDOUT` has sent `threshold` rows (or has finished), or the follower's origin shows
+/// that the copy committed.
+async fn wait_secrets_copy(
+    leader: &Client,
+    follower: &Client,
+    origin: &str,
+    threshold: i64,
+    pgsieve: &mut PgsieveProcess,
+) -> CopyPoint {
+    let deadline = Instant::now() + CONVERGE;
+    let mut seen = false;
+    let mut poll = 0u64;
+    loop {
+        poll += 1;
+        let rows: Option<i64> = leader
+            .query_opt(
+                "SELECT tuples_processed FROM pg_stat_progress_copy \
+                 WHERE relid = 'public.secrets'::regclass AND command = 'COPY TO'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        match rows {
+            Some(n) if n >= threshold => return CopyPoint::Rows(n),
+            Some(_) => seen = true,
+            None if seen => return CopyPoint::SecretsDone,
+            None => {}
+        }
+        if poll % 10 == 0 {
+            if ok(origin_progress(follower, origin).await).is_some_and(|p| !p.is_zero()) {
+                return CopyPoint::Committed;
+            }
+            if let Some(code) = pgsieve.exited() {
+                panic!(
+                    "pgsieve exited ({code:?}) during its initial copy; log:\n{}",
+                    pgsieve.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no initial copy of secrets seen; pgsieve log:\n{}",
+                pgsieve.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until no `COPY … TO STDOUT` runs on the leader any more: the backend of a
+/// killed pgsieve's copy stops once it notices, and must not be taken for the next
+/// run's copy.
+async fn wait_no_copy(leader: &Client) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let n: i64 = leader
+            .query_one(
+                "SELECT count(*) FROM pg_stat_progress_copy WHERE command = 'COPY TO'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a killed copy keeps running on the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Drops the replication origin on the follower (retrying while the killed
+/// pgsieve's session still holds it), so the next start copies again.
+async fn drop_origin(follower: &Client, origin: &str) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match follower
+            .execute("SELECT pg_replication_origin_drop($1)", &[&origin])
+            .await
+        {
+            Ok(_) => return,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("dropping origin {origin}: {e}"),
+        }
+    }
+}
+
+/// Waits (up to 10 s) until pgsieve's follower session is copying backfilled rows
+/// (its `INSERT … ON CONFLICT DO NOTHING` into `secrets`) inside an open
+/// transaction. Whether it saw that.
+async fn wait_backfill_running(follower: &Client) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let n: i64 = follower
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND state IN ('active', 'idle in transaction') \
+                   AND query LIKE 'INSERT INTO \"public\".\"secrets\"%ON CONFLICT DO NOTHING'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
+}
+
+/// Whether the follower holds the (non-ownership) membership `member` → `role`.
+async fn has_membership(client: &Client, role: &str, member: &str) -> bool {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM role_memberships \
+             WHERE role_id = $1 AND member_id = $2 AND NOT ownership)",
+            &[&role, &member],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Asserts the follower's `tables` equal the leader's, `secrets` filtered by the oracle.
+async fn assert_matches_oracle(
+    leader: &Client,
+    follower: &Client,
+    tables: &[&str],
+    set: &ReplicaSet,
+    pgsieve: &PgsieveProcess,
+    step: &str,
+) {
+    let diff = ok(follower_diff(
+        leader,
+        follower,
+        tables,
+        &set.data_group(),
+        OracleRule::Execute,
+        &[],
+    )
+    .await);
+    assert!(
+        diff.is_empty(),
+        "follower of {} differs {step}:\n{}\npgsieve log:\n{}",
+        set.name,
+        diff.join("\n"),
+        pgsieve.log()
+    );
+}
+
+/// SIGKILL while pgsieve's filtered initial copy of 108 k secrets is running (at a
+/// random row of `secrets`, until it has been killed before committing
+/// [`COPY_KILLS`] times), then while it backfills a grant that moves 12 000 secret
+/// versions (and purges a revoked app's): after every restart the follower converges
+/// to the oracle, and a leak watch over the whole run never sees a `secrets` row of
+/// the never-granted app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_set_follower_converges_after_sigkill_during_initial_copy_and_backfills() {
+    let started = Instant::now();
+    let topology = ok(Topology::start(1));
+    let (mut leader, followers) = ok(topology.prepare_conjur().await);
+    let follower = &followers[0];
+    let east = ReplicaSet::new("east");
+    ok(create_replica_set(&mut leader, &east).await);
+    // 9 apps × 200 variables × 60 versions: 108 000 secrets, 12 000 per app (they
+    // move with the app's layer). App 8 is never granted.
+    let spec = PolicySpec::new("acme", 9, 200, 60).with_seed(14);
+    let pop = ok(spec.populate(&mut leader).await);
+    let never_granted = never_granted_variables(&leader, &spec, 8).await;
+    ok(apply_changes(
+        &leader,
+        None,
+        &[Change::GrantRole {
+            role: pop.layers[0].clone(),
+            member: east.data_group(),
+        }],
+    )
+    .await);
+    let leak_watch = LeakWatch::spawn(
+        vec![LeakWatched {
+            url: topology.followers[0].url(CONJUR_DB),
+            never_granted: never_granted.clone(),
+        }],
+        WATCH_EVERY,
+    );
+    let slot = "pgsieve_copy_backfill";
+    let origin = format!("pgsieve_{slot}");
+    let config = PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![FollowerEntry::filtered(
+            "east",
+            &topology.followers[0],
+            &east.data_group(),
+        )],
+    );
+    let setup = started.elapsed();
+    let mut pgsieve = ok(PgsieveProcess::start(&config));
+    let mut rng = StdRng::seed_from_u64(4);
+
+    // (a) Kills during the initial copy.
+    let t = Instant::now();
+    let (mut copy_kills, mut late) = (0, 0);
+    let mut points = Vec::new();
+    let mut run_log_start = 0;
+    while copy_kills < COPY_KILLS {
+        assert!(
+            copy_kills + late < 3 * COPY_KILLS,
+            "{late} kills came after the initial copy committed"
+        );
+        let point = if copy_kills == 0 {
+            let ms = rng.gen_range(20..300);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            CopyPoint::After(ms)
+        } else {
+            // One band of the secrets copy per kill.
+            let band = COPY_ROWS / (COPY_KILLS as i64 - 1);
+            let low = band * (copy_kills as i64 - 1);
+            let threshold = rng.gen_range(low + 1..low + band);
+            wait_secrets_copy(&leader, follower, &origin, threshold, &mut pgsieve).await
+        };
+        pgsieve.kill();
+        wait_no_copy(&leader).await;
+        let log = pgsieve.log();
+        let run_log = &log[run_log_start..];
+        run_log_start = log.len();
+        let progress = ok(origin_progress(follower, &origin).await);
+        if progress.is_none_or(|p| p.is_zero()) {
+            assert!(
+                !run_log.contains("Initial copy committed."),
+                "the log says the copy committed but the origin has no progress:\n{run_log}"
+            );
+            copy_kills += 1;
+            let tables = run_log.matches("Copied table.").count();
+            points.push(format!("{point:?} after {tables} tables"));
+        } else {
+            // Too late: make the next start copy again.
+            late += 1;
+            drop_origin(follower, &origin).await;
+        }
+        ok(pgsieve.start_again());
+    }
+    ok(wait_initial_copy(follower, &origin, CONVERGE).await);
+    wait_caught_up(&leader, follower, &origin, &pgsieve, CONVERGE).await;
+    assert_matches_oracle(
+        &leader,
+        follower,
+        CONJUR_TABLES,
+        &east,
+        &pgsieve,
+        "after kills during the initial copy",
+    )
+    .await;
+    let copy_phase = t.elapsed();
+
+    // (b) Kills during backfills: app i's layer granted (12 000 rows copied from the
+    // leader) and app i-1's revoked (purged) in one transaction, SIGKILL a few ms
+    // after the commit or once the backfill's inserts are seen on the follower.
+    let t = Instant::now();
+    let (mut interrupted, mut seen_running) = (0, 0);
+    for i in 1..=BACKFILL_CYCLES {
+        wait_caught_up(&leader, follower, &origin, &pgsieve, CONVERGE).await;
+        let mut changes = vec![Change::GrantRole {
+            role: pop.layers[i].clone(),
+            member: east.data_group(),
+        }];
+        if i >= 2 {
+            changes.push(Change::RevokeRole {
+                role: pop.layers[i - 1].clone(),
+                member: east.data_group(),
+            });
+        }
+        {
+            let tx = leader.transaction().await.unwrap();
+            ok(apply_changes(&tx, None, &changes).await);
+            tx.commit().await.unwrap();
+        }
+        if i % 2 == 1 {
+            if wait_backfill_running(follower).await {
+                seen_running += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(1..8))).await;
+        }
+        if let Some(code) = pgsieve.exited() {
+            panic!(
+                "pgsieve exited on its own ({code:?}); log:\n{}",
+                pgsieve.log()
+            );
+        }
+        pgsieve.kill();
+        if !has_membership(follower, &pop.layers[i], &east.data_group()).await {
+            interrupted += 1;
+        }
+        // While pgsieve is down: a new version of a revoked variable.
+        if i >= 2 {
+            ok(rotate_secret(&leader, &spec.variable(i - 1, 0), b"after the revoke", None).await);
+        }
+        ok(pgsieve.start_again());
+        wait_caught_up(&leader, follower, &origin, &pgsieve, CONVERGE).await;
+        assert_matches_oracle(
+            &leader,
+            follower,
+            &["secrets", "role_memberships"],
+            &east,
+            &pgsieve,
+            &format!("after a kill during backfill cycle {i}"),
+        )
+        .await;
+    }
+    let backfill_phase = t.elapsed();
+    assert!(
+        interrupted >= 1,
+        "no kill landed before a grant's backfill committed ({seen_running} backfills seen running)"
+    );
+    assert_matches_oracle(
+        &leader,
+        follower,
+        CONJUR_TABLES,
+        &east,
+        &pgsieve,
+        "at the end",
+    )
+    .await;
+    let leaks = ok(leak_watch.stop().await);
+    assert_no_leak(&leaks, 100, &pgsieve.log());
+    let log = pgsieve.log();
+    assert!(!log.contains("panicked"), "pgsieve panicked:\n{log}");
+    let held: i64 = follower
+        .query_one("SELECT count(*) FROM secrets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    println!(
+        "copy/backfill kills: setup {setup:.1?}; {copy_kills} kills during the initial copy \
+         at {points:?} ({late} too late) in {copy_phase:.1?}; {BACKFILL_CYCLES} backfill \
+         cycles, {interrupted} killed before the grant committed on the follower ({seen_running} \
+         seen copying) in {backfill_phase:.1?}; follower holds {held} secrets; leak watch \
+         {} samples ({} unavailable) of {} never-granted variables, 0 violations",
+        leaks.samples,
+        leaks.unavailable,
+        never_granted.len()
+    );
+    assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
 }
 
 /// Fails if pgsieve gave up after an outage of `server` instead of reconnecting.

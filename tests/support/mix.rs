@@ -61,6 +61,9 @@ pub(crate) struct Mix {
     sets: Vec<ReplicaSet>,
     big: Option<PolicySpec>,
     rounds: usize,
+    /// An app whose secrets are written but which is never granted, permitted or
+    /// deleted (see [`Mix::never_granting`]).
+    reserved: Option<usize>,
 }
 
 impl Mix {
@@ -77,7 +80,17 @@ impl Mix {
             sets,
             big,
             rounds: 0,
+            reserved: None,
         }
+    }
+
+    /// The same mix, keeping app `app` out of every grant, permit and delete: its
+    /// variables still get rotations and API writes, but never enter a replica set,
+    /// so a leak watch can treat them as never granted.
+    pub(crate) fn never_granting(mut self, app: usize) -> Self {
+        self.live_apps.retain(|&a| a != app);
+        self.reserved = Some(app);
+        self
     }
 
     /// How many rounds have run.
@@ -93,6 +106,20 @@ impl Mix {
         let app = self.some_app();
         let v = self.rng.gen_range(0..self.spec.variables_per_app);
         self.spec.variable(app, v)
+    }
+
+    /// A variable to write a secret to: like [`Mix::some_variable`], but the
+    /// reserved app (if any) is picked as often as a live one.
+    fn some_secret_variable(&mut self) -> String {
+        let Some(app) = self.reserved else {
+            return self.some_variable();
+        };
+        if self.rng.gen_range(0..=self.live_apps.len()) == 0 {
+            let v = self.rng.gen_range(0..self.spec.variables_per_app);
+            self.spec.variable(app, v)
+        } else {
+            self.some_variable()
+        }
     }
 
     /// One round of the mix; the big load (if any) goes in the second round.
@@ -117,17 +144,17 @@ impl Mix {
         }
         // Rotations (no trim) and API writes (insert + trim to 20).
         for _ in 0..3 {
-            let var = self.some_variable();
+            let var = self.some_secret_variable();
             rotate_secret(&*leader, &var, format!("rot-{r}").as_bytes(), None)
                 .await
                 .map_err(harness)?;
-            let var = self.some_variable();
+            let var = self.some_secret_variable();
             add_secret(leader, &var, format!("api-{r}").as_bytes())
                 .await
                 .map_err(harness)?;
         }
         // A value stored out of line, then an update that leaves it unchanged.
-        let var = self.some_variable();
+        let var = self.some_secret_variable();
         let big_value = fake_ciphertext(&mut self.rng, 9_000 + r);
         rotate_secret(&*leader, &var, &big_value, None)
             .await

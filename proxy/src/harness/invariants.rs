@@ -8,6 +8,10 @@ replication origin (`pg_replication_origin_progress(origin, true)`).
   [`FlushWatch`] samples continuously in the background (through crashes and restarts
   of pgsieve, the leader or a follower) and reports every violation it saw.
 - Invariant 7 (the slot keeps moving): [`wait_slot_flush_at_least`].
+- Invariant 1 (no leak): [`never_granted_rows`] takes one sample of a follower's
+  `secrets` rows of variables a test never grants to its replica set; [`LeakWatch`]
+  samples continuously (through kills and restarts) and reports every row it saw —
+  variable, row count, versions and time, never a value.
 
 Sampling order matters: the slot is read *before* the origins. Origin progress only
 grows, so `slot ≤ origin read later` can only fail when the slot really was ahead.
@@ -267,4 +271,148 @@ async fn reopen<'a>(
 
 fn parse_lsn(text: &str) -> Result<Lsn, HarnessError> {
     Lsn::from_str(text).map_err(|_| HarnessError::Usage(format!("not an LSN: {text:?}")))
+}
+
+/// `secrets` rows of one variable found on a follower by [`never_granted_rows`]:
+/// how many and which versions, never the values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeakedRows {
+    /// The variable.
+    pub variable: String,
+    /// How many `secrets` rows of it the follower holds.
+    pub rows: i64,
+    /// Lowest and highest version among them.
+    pub versions: (i32, i32),
+    /// The follower's clock (UTC) when read, to match against pgsieve's log.
+    pub at: String,
+}
+
+/// One sample of invariant 1 on one follower, in one query: the `secrets` rows of
+/// `never_granted` (variables that are never in the follower's replica set, so the
+/// follower must never hold any row of them), grouped by variable. Empty when clean.
+pub async fn never_granted_rows(
+    follower: &impl GenericClient,
+    never_granted: &[String],
+) -> Result<Vec<LeakedRows>, HarnessError> {
+    let rows = follower
+        .query(
+            "SELECT resource_id, count(*), min(version), max(version), \
+                    to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+                            'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM secrets WHERE resource_id = ANY($1::text[]) \
+             GROUP BY resource_id ORDER BY resource_id",
+            &[&never_granted],
+        )
+        .await
+        .ctx(|| "counting secrets of never-granted variables".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| LeakedRows {
+            variable: r.get(0),
+            rows: r.get(1),
+            versions: (r.get(2), r.get(3)),
+            at: r.get(4),
+        })
+        .collect())
+}
+
+/// A follower watched by [`LeakWatch`].
+#[derive(Debug, Clone)]
+pub struct LeakWatched {
+    /// Superuser URL of the follower database.
+    pub url: String,
+    /// Variables never granted to the follower's replica set (by any route: the
+    /// test never grants, permits or hands over ownership of them, and no role in
+    /// the set's closure holds a privilege on them).
+    pub never_granted: Vec<String>,
+}
+
+/// What a [`LeakWatch`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct LeakReport {
+    /// Samples in which every follower could be read.
+    pub samples: u64,
+    /// Samples abandoned because a follower was down or restarting.
+    pub unavailable: u64,
+    /// One line per variable per sample in which a follower held a `secrets` row of
+    /// a never-granted variable (variable, rows, versions, time; never a value).
+    pub violations: Vec<String>,
+}
+
+/// A background task sampling invariant 1 every `interval` until stopped: each
+/// sample runs one query per follower counting `secrets` rows of that follower's
+/// never-granted variables; any row is a violation. Opens its own connections and
+/// reopens them after errors, so it keeps watching while pgsieve (or a follower) is
+/// killed and restarted — including during initial copies and backfills.
+#[derive(Debug)]
+pub struct LeakWatch {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<LeakReport>,
+}
+
+impl LeakWatch {
+    /// Starts watching `followers`.
+    pub fn spawn(followers: Vec<LeakWatched>, interval: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut report = LeakReport::default();
+            let mut clients: Vec<Option<tokio_postgres::Client>> =
+                followers.iter().map(|_| None).collect();
+            while !flag.load(Ordering::Acquire) {
+                match leak_once(&followers, &mut clients).await {
+                    Ok(found) => {
+                        report.samples += 1;
+                        for (f, leaked) in followers.iter().zip(found) {
+                            for l in leaked {
+                                report.violations.push(format!(
+                                    "t+{:.3}s ({}): follower {} holds {} secrets row(s) \
+                                     (versions {}..={}) of never-granted variable {}",
+                                    started.elapsed().as_secs_f64(),
+                                    l.at,
+                                    f.url,
+                                    l.rows,
+                                    l.versions.0,
+                                    l.versions.1,
+                                    l.variable
+                                ));
+                            }
+                        }
+                    }
+                    Err(_) => report.unavailable += 1,
+                }
+                tokio::time::sleep(interval).await;
+            }
+            report
+        });
+        LeakWatch { stop, task }
+    }
+
+    /// Stops the task and returns what it saw.
+    pub async fn stop(self) -> Result<LeakReport, HarnessError> {
+        self.stop.store(true, Ordering::Release);
+        self.task
+            .await
+            .map_err(|e| HarnessError::Usage(format!("leak watch task failed: {e}")))
+    }
+}
+
+/// One sample over (re)opened connections: per follower, the rows it should not hold.
+async fn leak_once(
+    followers: &[LeakWatched],
+    clients: &mut [Option<tokio_postgres::Client>],
+) -> Result<Vec<Vec<LeakedRows>>, HarnessError> {
+    let mut found = Vec::with_capacity(followers.len());
+    for (f, client) in followers.iter().zip(clients.iter_mut()) {
+        let c = reopen(client, &f.url).await?;
+        match never_granted_rows(c, &f.never_granted).await {
+            Ok(rows) => found.push(rows),
+            Err(e) => {
+                *client = None;
+                return Err(e);
+            }
+        }
+    }
+    Ok(found)
 }
