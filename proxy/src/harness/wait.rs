@@ -40,7 +40,7 @@ pub async fn wait_caught_up(
             .await
             .ctx(|| format!("reading the progress of origin {origin}"))?;
         if row.get::<_, bool>(0) {
-            return Ok(());
+            return settle(follower).await;
         }
         if Instant::now() > deadline {
             return Err(HarnessError::Timeout {
@@ -49,6 +49,28 @@ pub async fn wait_caught_up(
             });
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Origin progress is recorded with the commit record, a moment before the
+/// committing transaction leaves the proc array: waits (briefly, bounded) until
+/// no transaction is in progress on the follower, so a snapshot taken next
+/// sees everything the origin says is applied.
+async fn settle(follower: &impl GenericClient) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let idle: bool = follower
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()))",
+                &[],
+            )
+            .await
+            .ctx(|| "reading the follower's running transactions".into())?
+            .get(0);
+        if idle || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

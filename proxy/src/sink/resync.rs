@@ -76,21 +76,20 @@ const VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// decoding may hand over a commit as soon as its WAL record is flushed, a
 /// moment before the committing backend leaves the proc array; a backfill
 /// query in that moment would not see the grant and would copy nothing.
-async fn wait_visible(leader: &Client, xid: u32) -> Result<(), tokio_postgres::Error> {
+/// `false` after [`VISIBLE_TIMEOUT`]: apply then stops rather than re-sync
+/// from a view that may lack the grant.
+async fn wait_visible(leader: &Client, xid: u32) -> Result<bool, tokio_postgres::Error> {
     let started = Instant::now();
     loop {
         let visible: bool = leader
             .query_one(VISIBLE_SQL, &[&i64::from(xid)])
             .await?
             .get(0);
-        if visible || started.elapsed() > VISIBLE_TIMEOUT {
-            if !visible {
-                tracing::warn!(
-                    xid,
-                    "Leader transaction still invisible; re-syncing anyway."
-                );
-            }
-            return Ok(());
+        if visible {
+            return Ok(true);
+        }
+        if started.elapsed() > VISIBLE_TIMEOUT {
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -228,15 +227,26 @@ impl Resync {
         )
         .await?;
         let any = self.set.rule == Rule::Any;
-        wait_visible(sink.leader(), xid)
-            .await
-            .map_err(|source| ApplyError::Statement {
+        let visible =
+            wait_visible(sink.leader(), xid)
+                .await
+                .map_err(|source| ApplyError::Statement {
+                    follower: sink.follower_name().to_owned(),
+                    commit_lsn,
+                    table: Arc::from(SECRETS),
+                    op: "resync wait for the leader commit",
+                    source,
+                })?;
+        if !visible {
+            return Err(ApplyError::Invalid {
                 follower: sink.follower_name().to_owned(),
                 commit_lsn,
-                table: Arc::from(SECRETS),
-                op: "resync wait for the leader commit",
-                source,
-            })?;
+                what: format!(
+                    "leader transaction {xid} was still invisible to new snapshots after \
+                     {VISIBLE_TIMEOUT:?}; cannot re-sync its grants"
+                ),
+            });
+        }
         let rows = sink
             .leader()
             .query(
