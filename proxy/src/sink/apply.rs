@@ -37,6 +37,13 @@ pub struct ApplyContext {
     pub op: &'static str,
 }
 
+/// Statements one follower connection may have unanswered.
+const MAX_IN_FLIGHT: usize = 1024;
+/// Parameter values those statements may carry in all: bounds the encoded
+/// rows waiting in the connection's queue (a few MiB), whatever the
+/// statement shapes (invariant 5, bounded memory).
+const MAX_VALUES_IN_FLIGHT: usize = 32 * 1024;
+
 /// A failure of the follower sink.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -315,7 +322,7 @@ impl Sink {
             leader,
             set_bit,
             tables: HashMap::new(),
-            pipeline: Pipeline::new(1024),
+            pipeline: Pipeline::new(MAX_IN_FLIGHT, MAX_VALUES_IN_FLIGHT),
             group: None,
             limits,
             progress,
@@ -375,9 +382,10 @@ impl Sink {
     ) -> Result<(), ApplyError> {
         let client = self.client.clone();
         let statement = statement.clone();
+        let weight = params.len().max(1);
         let future = async move { client.execute_raw(&statement, params).await };
         self.pipeline
-            .push(future, context)
+            .push_weighted(future, context, weight)
             .await
             .map_err(|e| self.fail(e))
     }
