@@ -412,15 +412,27 @@ async fn status_updates_flow_while_reading_is_paused() {
         .expect("status update not blocked by the unread stream")
         .unwrap();
     }
-    let sent: String = client
-        .query_one(
-            "SELECT sent_lsn::text FROM pg_stat_replication WHERE application_name = 'pgsieve-test'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let sent: Lsn = sent.parse().unwrap();
+    // The walsender reports `sent_lsn` only once it has sent something: NULL
+    // (or no row) right after START_REPLICATION on a busy machine.
+    let mut sent = None;
+    for _ in 0..500 {
+        sent = client
+            .query_opt(
+                "SELECT sent_lsn::text FROM pg_stat_replication WHERE application_name = 'pgsieve-test'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .and_then(|row| row.get::<_, Option<String>>(0));
+        if sent.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent: Lsn = sent
+        .expect("the walsender reported a sent LSN")
+        .parse()
+        .unwrap();
     assert!(
         sent < target,
         "the walsender is held back: sent {sent} < {target}"
