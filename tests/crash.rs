@@ -22,7 +22,9 @@ use pgsieve::harness::invariants::{
     never_granted_rows, origin_progress, slot_confirmed_flush, wait_slot_flush_at_least,
 };
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
-use pgsieve::harness::workload::{Change, apply_changes, create_replica_set, rotate_secret};
+use pgsieve::harness::workload::{
+    Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
+};
 use pgsieve::harness::{OracleRule, Topology, wait_initial_copy};
 use pgsieve::setup::CONJUR_TABLES;
 use rand::rngs::StdRng;
@@ -251,21 +253,7 @@ async fn replica_set_followers_converge_after_sigkill_at_random_points() {
             .collect(),
         WATCH_EVERY,
     );
-    ok(apply_changes(
-        &leader,
-        None,
-        &[
-            Change::GrantRole {
-                role: pop.layers[0].clone(),
-                member: east.data_group(),
-            },
-            Change::GrantRole {
-                role: pop.layers[1].clone(),
-                member: west.data_group(),
-            },
-        ],
-    )
-    .await);
+    ok(grant_layers_to_sets(&leader, &pop.layers[..2], &[east.clone(), west.clone()]).await);
     let slot = "pgsieve_crash_sets";
     let origin = format!("pgsieve_{slot}");
     let (spool, extra) = spool_dir(slot);

@@ -24,7 +24,8 @@ use pgsieve::harness::invariants::{
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::{
-    Change, add_secret, apply_changes, create_replica_set, rotate_secret, set_expiration,
+    Change, add_secret, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
+    set_expiration,
 };
 use pgsieve::setup::CONJUR_TABLES;
 use pgsieve_protocol::Lsn;
@@ -86,21 +87,7 @@ async fn grants_and_revokes_move_exactly_their_variables(rule: OracleRule, mode:
     let pop = ok(spec.populate(&mut leader).await);
     let never_granted = never_granted_variables(&leader, &spec, 4).await;
     // Before pgsieve starts: east holds app0 through its layer, west app1.
-    ok(apply_changes(
-        &leader,
-        None,
-        &[
-            Change::GrantRole {
-                role: pop.layers[0].clone(),
-                member: east.data_group(),
-            },
-            Change::GrantRole {
-                role: pop.layers[1].clone(),
-                member: west.data_group(),
-            },
-        ],
-    )
-    .await);
+    ok(grant_layers_to_sets(&leader, &pop.layers[..2], &[east.clone(), west.clone()]).await);
 
     let leak_watch = LeakWatch::spawn(
         topology

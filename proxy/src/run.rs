@@ -382,7 +382,6 @@ async fn run_session(
     let mut assembler = Assembler::new(config.apply.spool_dir.clone());
     let mut filter = FilterStage::new(model);
     let mut seen = StreamMetrics::default();
-    let mut last_idle = Lsn::ZERO;
     let mut last_received = start_lsn;
     let reader: Result<(), RunError> = async {
         loop {
@@ -425,9 +424,7 @@ async fn run_session(
                     // everywhere: a sink may have skipped an earlier one (it
                     // rate-limits its idle writes), and the walsender keeps
                     // pinging with the same position until we confirm it.
-                    let pending = k.wal_end > last_idle || k.wal_end > feedback.flush_lsn();
-                    if assembler.is_idle() && pending {
-                        last_idle = last_idle.max(k.wal_end);
+                    if assembler.is_idle() && k.wal_end > feedback.flush_lsn() {
                         feedback.received(k.wal_end);
                         forward(&mut filter, &mut seen, &senders, TxnEvent::Idle { wal_end: k.wal_end })
                             .await?;

@@ -104,23 +104,36 @@ pub fn check_columns(
         });
     }
     for column in leader {
-        let Some(mine) = follower.iter().find(|c| c.name == column.name) else {
-            return Err(SchemaMismatch::MissingColumn {
-                table: table.to_owned(),
-                column: column.name.clone(),
-                leader_type: column.type_name.clone(),
-            });
-        };
-        if mine.type_name != column.type_name {
-            return Err(SchemaMismatch::TypeDiffers {
-                table: table.to_owned(),
-                column: column.name.clone(),
-                leader_type: column.type_name.clone(),
-                follower_type: mine.type_name.clone(),
-            });
-        }
+        follower_column(table, &column.name, &column.type_name, true, follower)?;
     }
     Ok(())
+}
+
+/// The follower's column `name` of `table`, if it exists and (when
+/// `compare_type`) has the leader's type.
+fn follower_column<'f>(
+    table: &str,
+    name: &str,
+    leader_type: &str,
+    compare_type: bool,
+    follower: &'f [CatalogColumn],
+) -> Result<&'f CatalogColumn, SchemaMismatch> {
+    let Some(mine) = follower.iter().find(|c| c.name == name) else {
+        return Err(SchemaMismatch::MissingColumn {
+            table: table.to_owned(),
+            column: name.to_owned(),
+            leader_type: leader_type.to_owned(),
+        });
+    };
+    if compare_type && mine.type_name != leader_type {
+        return Err(SchemaMismatch::TypeDiffers {
+            table: table.to_owned(),
+            column: name.to_owned(),
+            leader_type: leader_type.to_owned(),
+            follower_type: mine.type_name.clone(),
+        });
+    }
+    Ok(mine)
 }
 
 /// The relation's schema name as SQL sees it (pgoutput sends "" for pg_catalog).
@@ -157,21 +170,13 @@ pub async fn match_relation(
             .find(|c| c.name == column.name)
             .map(|c| c.type_name.clone())
             .unwrap_or_else(|| format!("oid {}", column.type_oid));
-        let Some(mine) = follower_cols.iter().find(|c| c.name == column.name) else {
-            return Err(SchemaMismatch::MissingColumn {
-                table,
-                column: column.name.clone(),
-                leader_type,
-            });
-        };
-        if !leader_cols.is_empty() && mine.type_name != leader_type {
-            return Err(SchemaMismatch::TypeDiffers {
-                table,
-                column: column.name.clone(),
-                leader_type,
-                follower_type: mine.type_name.clone(),
-            });
-        }
+        let mine = follower_column(
+            &table,
+            &column.name,
+            &leader_type,
+            !leader_cols.is_empty(),
+            &follower_cols,
+        )?;
         if mine.is_primary_key {
             primary_key.push(index);
         }
