@@ -8,6 +8,11 @@
 //! * `build/1m_variables`: `Model::builder` over the full tables.
 //!
 //! The fixture also prints the model's memory (RSS delta and the model's own estimate).
+//!
+//! `PGSIEVE_BENCH_VARIABLES=N` (a multiple of 1 000, at least 20 000) shrinks the policy to N variables, so CI can
+//! run every bench in seconds: building the 1 M-variable model takes ~2 s, and the `build`
+//! bench builds it 11 times. The ids then name N (`100k_vars_16_sets`), so short runs never
+//! compare against full ones.
 
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_main};
 use pgsieve_filters::{Change, Model, ReplicaSetSpec, Rule};
@@ -17,7 +22,11 @@ const SETS: usize = 16;
 const POLICIES: usize = 1_000;
 const LAYERS_PER_POLICY: usize = 10;
 const ROLES: usize = 100_000;
+/// Variables of the full-size policy (see `PGSIEVE_BENCH_VARIABLES`).
 const VARIABLES: usize = 1_000_000;
+/// Fewest variables `PGSIEVE_BENCH_VARIABLES` may ask for: the big policy and the 1 k-variable
+/// model are cut out of the first variables.
+const MIN_VARIABLES: usize = 20_000;
 /// Variables owned by the policy whose grant the feed benches toggle.
 const BIG: usize = 10_000;
 const BIG_POLICY: &str = "acct:policy:big";
@@ -43,7 +52,7 @@ fn group(i: usize) -> String {
 /// Variable `j` of policy `p` is owned by `p` (the first 10 k by `acct:policy:big`) and
 /// granted `read` + `execute` to one of `p`'s layers. Set `s`'s data group is a member of two
 /// layers of each of policies `10 s .. 10 s + 10` and owns-through-membership policy `900 + s`.
-fn fixture() -> Fixture {
+fn fixture(variables: usize) -> Fixture {
     let sets: Vec<ReplicaSetSpec> = (0..SETS)
         .map(|i| ReplicaSetSpec {
             name: format!("s{i}"),
@@ -96,11 +105,11 @@ fn fixture() -> Fixture {
         memberships.push((idx(policy_base + 900 + s), idx(s), false));
     }
 
-    let per_policy = VARIABLES / POLICIES;
-    let mut vars = Vec::with_capacity(VARIABLES);
-    let mut owners = Vec::with_capacity(VARIABLES);
-    let mut permissions = Vec::with_capacity(2 * VARIABLES);
-    for v in 0..VARIABLES {
+    let per_policy = variables / POLICIES;
+    let mut vars = Vec::with_capacity(variables);
+    let mut owners = Vec::with_capacity(variables);
+    let mut permissions = Vec::with_capacity(2 * variables);
+    for v in 0..variables {
         let (p, j) = (v / per_policy, v % per_policy);
         vars.push(if v < BIG {
             format!("acct:variable:big/secret-{v}")
@@ -202,8 +211,39 @@ fn timed_flip(model: &mut Model, setup: Change<'_>, timed: Change<'_>, iters: u6
     total
 }
 
+/// How many variables the policy has: `PGSIEVE_BENCH_VARIABLES`, else 1 M.
+fn variables() -> usize {
+    match std::env::var("PGSIEVE_BENCH_VARIABLES") {
+        Ok(v) => {
+            let n: usize = v
+                .trim()
+                .parse()
+                .expect("PGSIEVE_BENCH_VARIABLES is a number");
+            assert!(
+                n >= MIN_VARIABLES && n % POLICIES == 0,
+                "PGSIEVE_BENCH_VARIABLES must be a multiple of {POLICIES}, at least {MIN_VARIABLES}"
+            );
+            n
+        }
+        Err(_) => VARIABLES,
+    }
+}
+
+/// `1m`, `100k`, or the plain number: the size part of the bench ids.
+fn size_label(n: usize) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}m", n / 1_000_000)
+    } else if n % 1_000 == 0 {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
 fn benches(c: &mut Criterion) {
-    let f = fixture();
+    let variables = variables();
+    let vars_id = format!("{}_vars_16_sets", size_label(variables));
+    let f = fixture(variables);
     let before = rss_bytes();
     let started = Instant::now();
     let mut model = build(&f);
@@ -226,19 +266,19 @@ fn benches(c: &mut Criterion) {
     // itself a cache miss: `random_order` is the cold case (each row a different variable
     // anywhere in the 1 M), `insertion_order` walks variables as created, `hot_10k` picks at
     // random among 10 k variables (one policy load or rotation batch).
-    let order = shuffled(VARIABLES);
+    let order = shuffled(variables);
     let hot: Vec<usize> = order.iter().map(|&i| order[i % 10_000]).collect();
     let other_kinds: Vec<Vec<u8>> = (0..BATCH)
         .map(|i| format!("acct:public_key:user/u{i}/key").into_bytes())
         .collect();
     let cases = [
         ("random_order", packed(&f.vars, order.iter().copied())),
-        ("insertion_order", packed(&f.vars, 0..VARIABLES)),
+        ("insertion_order", packed(&f.vars, 0..variables)),
         ("hot_10k", packed(&f.vars, hot.iter().copied())),
     ];
     for (name, (bytes, ends)) in &cases {
         let mut at = 0usize;
-        g.bench_function(BenchmarkId::new(*name, "1m_vars_16_sets"), |b| {
+        g.bench_function(BenchmarkId::new(*name, &vars_id), |b| {
             b.iter(|| {
                 let mut acc = 0u64;
                 for _ in 0..BATCH {
@@ -280,16 +320,13 @@ fn benches(c: &mut Criterion) {
             acc
         })
     });
-    g.bench_function(
-        BenchmarkId::new("unknown_public_key", "1m_vars_16_sets"),
-        |b| {
-            b.iter(|| {
-                other_kinds
-                    .iter()
-                    .fold(0u64, |acc, id| acc ^ model.decide(black_box(id)).0)
-            })
-        },
-    );
+    g.bench_function(BenchmarkId::new("unknown_public_key", &vars_id), |b| {
+        b.iter(|| {
+            other_kinds
+                .iter()
+                .fold(0u64, |acc, id| acc ^ model.decide(black_box(id)).0)
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("feed");
@@ -315,8 +352,11 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("build");
     g.sample_size(10);
-    g.throughput(Throughput::Elements(VARIABLES as u64));
-    g.bench_function("1m_variables_100k_roles", |b| b.iter(|| build(&f)));
+    g.throughput(Throughput::Elements(variables as u64));
+    g.bench_function(
+        format!("{}_variables_100k_roles", size_label(variables)),
+        |b| b.iter(|| build(&f)),
+    );
     g.finish();
 }
 
