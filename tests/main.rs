@@ -7,6 +7,7 @@ mod crash;
 mod demo;
 mod docker_kit;
 mod harness;
+mod hub;
 mod inspect;
 mod latency;
 mod metrics;

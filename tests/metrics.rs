@@ -4,8 +4,8 @@
 //! streaming, while the follower lags behind a lock, and while the follower
 //! is down.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::collections::BTreeSet;
+use std::time::{Instant, SystemTime};
 
 use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::conjur::ReplicaSet;
@@ -18,107 +18,14 @@ use pgsieve::harness::workload::{
 use pgsieve::harness::{OracleRule, Topology, variables_in_set, wait_initial_copy};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
 use crate::support::ok;
+use crate::support::probe::{PROBE, count, free_port, get, lock_secrets, poll, sample};
 
 /// `[metrics] max_lag_bytes` of the test: above idle noise, below one big value.
 const MAX_LAG: u64 = 64 * 1024;
-/// How long a probe may take to reach an expected state.
-const PROBE: Duration = Duration::from_secs(60);
-
-/// One HTTP answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-/// `GET path` over a plain HTTP/1.0 connection; `None` if nothing answers.
-async fn get(port: u16, path: &str) -> Option<Reply> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some(Reply {
-        status,
-        body: body.to_owned(),
-    })
-}
-
-/// Polls `path` until `done` holds, or panics naming `what` with the last
-/// answer and the pgsieve log.
-async fn poll(
-    port: u16,
-    path: &str,
-    what: &str,
-    pgsieve: &PgsieveProcess,
-    done: impl Fn(&Reply) -> bool,
-) -> Reply {
-    let deadline = Instant::now() + PROBE;
-    loop {
-        let reply = get(port, path).await;
-        match reply {
-            Some(reply) if done(&reply) => return reply,
-            last if Instant::now() > deadline => {
-                panic!(
-                    "{what}: {path} never got there; last answer {last:?}\npgsieve log:\n{}",
-                    pgsieve.log()
-                )
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// The value of one series of a Prometheus text exposition (labels matched
-/// as a set), `None` if absent.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .find_map(|(series, value)| {
-            let (metric, labels) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let got: BTreeMap<&str, &str> = labels
-                .split(',')
-                .filter(|kv| !kv.is_empty())
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k, v.trim_matches('"')))
-                .collect();
-            (metric == name && got == want)
-                .then(|| value.parse().ok())
-                .flatten()
-        })
-}
-
-/// Like [`sample`], 0 when the series is absent (a counter never touched).
-fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    sample(text, name, labels).unwrap_or(0.0) as u64
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 async fn secrets_rows(leader: &Client, variables: &BTreeSet<String>) -> u64 {
     let ids: Vec<&String> = variables.iter().collect();
@@ -131,16 +38,6 @@ async fn secrets_rows(leader: &Client, variables: &BTreeSet<String>) -> u64 {
         .expect("counting secrets")
         .get(0);
     n as u64
-}
-
-/// Takes `secrets` on the follower until the returned session commits.
-async fn lock_secrets(follower: &pgsieve::harness::Cluster) -> Client {
-    let blocker = ok(follower.connect(CONJUR_DB).await);
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("locking secrets on the follower");
-    blocker
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

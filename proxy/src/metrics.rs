@@ -73,6 +73,14 @@ pub const RECONNECTS: &str = "pgsieve_reconnects_total";
 pub const ERRORS: &str = "pgsieve_errors_total";
 /// Gauge: 1 while the replication stream is up, else 0.
 pub const STREAMING: &str = "pgsieve_streaming";
+/// Gauge `{follower}`: 1 while the follower is fed by the stream, 0 while
+/// detached (hub mode: it fell behind or failed; see `fanout`).
+pub const FOLLOWER_ATTACHED: &str = "pgsieve_follower_attached";
+/// Counter `{follower, reason}`: followers detached from the stream
+/// (`slow`, `lost`, `failed`, `unreachable`).
+pub const DETACHES: &str = "pgsieve_detaches_total";
+/// Counter: stream restarts at a rejoining follower's origin (hub mode).
+pub const REWINDS: &str = "pgsieve_rewinds_total";
 
 /// Bucket bounds of [`APPLY_LATENCY`] (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -202,6 +210,20 @@ fn describe() {
         "Errors that stopped the pipeline or a follower, by kind."
     );
     describe_gauge!(STREAMING, "1 while the replication stream is up.");
+    describe_gauge!(
+        FOLLOWER_ATTACHED,
+        "1 while the follower is fed by the stream, 0 while detached."
+    );
+    describe_counter!(
+        DETACHES,
+        Unit::Count,
+        "Followers detached from the stream, by reason (slow, lost, failed, unreachable)."
+    );
+    describe_counter!(
+        REWINDS,
+        Unit::Count,
+        "Stream restarts at a rejoining follower's origin."
+    );
 }
 
 /// `schema.table` of a relation: the `table` label.
@@ -342,16 +364,21 @@ pub struct FollowerHealth {
     pub progress: Arc<Progress>,
     /// Its apply session: a closed one means the follower is gone. Held
     /// only while streaming (a kept client would keep the session, and so
-    /// the replication origin, busy across a reconnect).
-    pub client: Arc<Client>,
+    /// the replication origin, busy across a reconnect); `None` when the
+    /// follower starts the session detached.
+    pub client: Option<Arc<Client>>,
+    /// Why it is detached, if it is.
+    pub detached: Option<String>,
 }
 
 struct Watched {
     name: String,
     progress: Arc<Progress>,
     client: Option<Arc<Client>>,
+    detached: Option<String>,
     lag_bytes: Gauge,
     lag_seconds: Gauge,
+    attached: Gauge,
 }
 
 enum Phase {
@@ -462,12 +489,18 @@ impl Telemetry {
     ) -> StreamingGuard<'_> {
         let followers = followers
             .into_iter()
-            .map(|health| Watched {
-                lag_bytes: gauge!(LAG_BYTES, "follower" => health.name.clone()),
-                lag_seconds: gauge!(LAG_SECONDS, "follower" => health.name.clone()),
-                name: health.name,
-                progress: health.progress,
-                client: Some(health.client),
+            .map(|health| {
+                let attached = gauge!(FOLLOWER_ATTACHED, "follower" => health.name.clone());
+                attached.set(if health.detached.is_some() { 0.0 } else { 1.0 });
+                Watched {
+                    lag_bytes: gauge!(LAG_BYTES, "follower" => health.name.clone()),
+                    lag_seconds: gauge!(LAG_SECONDS, "follower" => health.name.clone()),
+                    name: health.name,
+                    progress: health.progress,
+                    client: health.client,
+                    detached: health.detached,
+                    attached,
+                }
             })
             .collect();
         let mut state = self.shared.lock();
@@ -494,6 +527,23 @@ impl Telemetry {
     /// Counts a pipeline restart.
     pub fn reconnecting(&self) {
         self.reconnects.increment(1);
+    }
+
+    /// Counts a rewind of the stream for a rejoining follower.
+    pub fn rewinding(&self) {
+        counter!(REWINDS).increment(1);
+    }
+
+    /// `follower` left the stream for `reason` (rare: labels built here).
+    pub fn detached(&self, follower: &str, reason: &crate::fanout::DetachReason) {
+        counter!(DETACHES, "follower" => follower.to_owned(), "reason" => reason.kind())
+            .increment(1);
+        let mut state = self.shared.lock();
+        if let Some(f) = state.followers.iter_mut().find(|f| f.name == follower) {
+            f.client = None;
+            f.detached = Some(reason.to_string().replace(['\n', '\r'], " "));
+            f.attached.set(0.0);
+        }
     }
 }
 
@@ -566,6 +616,9 @@ impl Shared {
             Phase::Streaming => {}
         }
         for f in &state.followers {
+            if let Some(reason) = &f.detached {
+                return Err(format!("follower {} is detached: {reason}", f.name));
+            }
             if f.client.as_ref().is_none_or(|c| c.is_closed()) {
                 return Err(format!(
                     "follower {}: connection to the follower lost",

@@ -21,9 +21,11 @@ use tokio_postgres::{Client, NoTls};
 use crate::bootstrap::{BootstrapError, model_from_tables};
 use crate::config::Config;
 use crate::copy::{CopyError, copy_tables, published_tables};
+use crate::fanout::{DetachReason, Fanout, SendError, Standing};
 use crate::feedback::Feedback;
 use crate::filter::{FilterStage, FilterStageError};
 use crate::metrics::{FollowerHealth, MetricsError, StreamMetrics, Telemetry, count_error};
+use crate::roster::Roster;
 use crate::sink::origin::setup_apply_session;
 use crate::sink::resync::Resync;
 use crate::sink::{ApplyError, GroupLimits, Progress, Sink, SinkSpec};
@@ -171,18 +173,28 @@ pub const STARTUP_RETRY: Duration = Duration::from_secs(15);
 /// killed predecessor that still holds the replication origin. Once
 /// streaming has begun, transient failures (a leader or follower restart, a
 /// lost connection) are retried with backoff for as long as it takes,
-/// resuming from the followers' origins.
+/// resuming from the followers' origins. In hub mode a follower that fails
+/// or falls behind is detached instead, and rejoins by a rewind of the
+/// stream ([`crate::fanout`]).
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     if config.followers.is_empty() {
         return Err(RunError::Setup("no [[follower]] configured".into()));
     }
     let telemetry = Telemetry::start(&config).await?;
+    let mut standings = vec![Standing::default(); config.followers.len()];
     let mut backoff = Duration::from_millis(200);
     let mut streamed = false;
     let started = std::time::Instant::now();
     loop {
         let session_started = std::time::Instant::now();
-        let result = run_session(&config, shutdown.clone(), &mut streamed, &telemetry).await;
+        let result = run_session(
+            &config,
+            shutdown.clone(),
+            &mut streamed,
+            &telemetry,
+            &mut standings,
+        )
+        .await;
         if session_started.elapsed() > Duration::from_secs(60) {
             // A session that lived a while: the next failure is a new outage.
             backoff = Duration::from_millis(200);
@@ -192,7 +204,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             telemetry.down(&crate::report::error_chain(e));
         }
         match result {
-            Ok(()) => return Ok(()),
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Rewind { follower }) => {
+                tracing::info!(%follower, "Rewinding the stream to the rejoining follower's origin.");
+                telemetry.rewinding();
+            }
             Err(e)
                 if e.is_transient()
                     && !*shutdown.borrow()
@@ -212,12 +228,25 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     }
 }
 
+/// How a session that did not fail ended.
+enum SessionEnd {
+    /// `shutdown` was requested.
+    Shutdown,
+    /// A detached follower is back: restart the stream at its origin.
+    Rewind {
+        /// Its name.
+        follower: String,
+    },
+}
+
 struct FollowerSession {
     name: String,
-    client: Arc<Client>,
+    /// `None` while the follower is detached.
+    client: Option<Arc<Client>>,
     origin_lsn: Lsn,
     set_bit: Option<usize>,
     resync: Option<Resync>,
+    detached: Option<DetachReason>,
 }
 
 fn source_config(config: &Config) -> SourceConfig {
@@ -229,38 +258,91 @@ fn source_config(config: &Config) -> SourceConfig {
     source
 }
 
+/// Connects a follower and binds its replication origin.
+async fn connect_follower(
+    f: &crate::config::FollowerConfig,
+    origin: &str,
+) -> Result<(Arc<Client>, Lsn), RunError> {
+    let client = connect_sql(&f.pg, &format!("follower {}", f.name)).await?;
+    let origin_lsn = setup_apply_session(&client, origin)
+        .await
+        .map_err(sql_err(format!(
+            "setting up apply session on follower {}",
+            f.name
+        )))?;
+    Ok((client, origin_lsn))
+}
+
 async fn run_session(
     config: &Config,
     mut shutdown: watch::Receiver<bool>,
     streamed: &mut bool,
     telemetry: &Telemetry,
-) -> Result<(), RunError> {
+    standings: &mut [Standing],
+) -> Result<SessionEnd, RunError> {
     let origin = config.origin_name();
     let (specs, set_bits) = config.replica_sets();
+    let hub = config.followers.len() > 1;
+    let session_started = std::time::Instant::now();
 
-    // Followers first: their origins say where to resume.
+    // Followers first: their origins say where to resume. In hub mode one
+    // that cannot be reached starts detached (it holds only its own
+    // progress); the others go on.
     let mut followers = Vec::with_capacity(config.followers.len());
-    for (f, &set_bit) in config.followers.iter().zip(&set_bits) {
-        let client = connect_sql(&f.pg, &format!("follower {}", f.name)).await?;
-        let origin_lsn = setup_apply_session(&client, &origin)
-            .await
-            .map_err(sql_err(format!(
-                "setting up apply session on follower {}",
-                f.name
-            )))?;
+    let mut unreachable: Option<RunError> = None;
+    for ((f, &set_bit), standing) in config.followers.iter().zip(&set_bits).zip(&*standings) {
+        let (client, origin_lsn, detached) = if let Some(failed) = &standing.failed {
+            (None, Lsn::ZERO, Some(DetachReason::Failed(failed.clone())))
+        } else {
+            match connect_follower(f, &origin).await {
+                Ok((client, lsn)) => (Some(client), lsn, None),
+                Err(e) if hub && e.is_transient() => {
+                    let reason = DetachReason::Unreachable(crate::report::error_chain(&e));
+                    unreachable.get_or_insert(e);
+                    (None, Lsn::ZERO, Some(reason))
+                }
+                Err(e) => return Err(e),
+            }
+        };
         followers.push(FollowerSession {
             name: f.name.clone(),
             client,
             origin_lsn,
             set_bit,
             resync: f.replica_set.clone().map(Resync::new),
+            detached,
         });
+    }
+    if followers.iter().all(|f| f.client.is_none()) {
+        return Err(
+            unreachable.unwrap_or_else(|| RunError::Setup("every follower failed for good".into()))
+        );
     }
     let leader = connect_sql(&config.leader.pg, "the leader").await?;
     let mut repl = ReplicationConnection::connect(&source_config(config)).await?;
     let slot = config.leader.slot.as_str();
     let slot_info = repl.slot_info(slot).await?;
-    let needs_copy = slot_info.is_none() || followers.iter().any(|f| f.origin_lsn.is_zero());
+    let needs_copy = slot_info.is_none()
+        || followers
+            .iter()
+            .any(|f| f.client.is_some() && f.origin_lsn.is_zero());
+    if needs_copy && followers.iter().any(|f| f.client.is_none()) {
+        // The copy writes every follower from one snapshot of the slot.
+        return Err(unreachable.unwrap_or_else(|| {
+            RunError::Setup("an initial copy needs every follower, and one failed for good".into())
+        }));
+    }
+    // A detached follower holds the slot where it was last seen durable, or
+    // (not seen by this process) where the slot was confirmed: never beyond
+    // its own progress.
+    let held = slot_info
+        .as_ref()
+        .map_or(Lsn::ZERO, |s| s.confirmed_flush_lsn);
+    for (f, standing) in followers.iter_mut().zip(&*standings) {
+        if f.client.is_none() {
+            f.origin_lsn = standing.last_progress.unwrap_or(held).max(held);
+        }
+    }
 
     let (model, start_lsn) = if needs_copy {
         if slot_info.is_some() {
@@ -287,9 +369,10 @@ async fn run_session(
             return Err(CopyError::EmptyPublication(config.leader.publication.clone()).into());
         }
         for f in &mut followers {
+            let Some(client) = &f.client else { continue };
             let report = copy_tables(
                 &leader,
-                &f.client,
+                client,
                 &f.name,
                 &tables,
                 &model,
@@ -306,29 +389,28 @@ async fn run_session(
             .map_err(sql_err("ending the snapshot transaction"))?;
         (model, created.consistent_point)
     } else {
-        // Resume from the follower that is furthest behind; its own model
-        // tables describe the model at exactly that position.
-        let behind = followers
+        // Resume from the attached follower that is furthest behind; its own
+        // model tables describe the model at exactly that position.
+        let (behind, at) = followers
             .iter()
-            .min_by_key(|f| f.origin_lsn)
+            .filter_map(|f| f.client.as_ref().map(|c| (c, f.origin_lsn)))
+            .min_by_key(|(_, lsn)| *lsn)
             .ok_or_else(|| RunError::Setup("no follower".into()))?;
         let model = if specs.is_empty() {
             Model::new(Vec::new()).map_err(BootstrapError::from)?
         } else {
             behind
-                .client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 .await
                 .map_err(sql_err("reading the follower's model tables"))?;
-            let model = model_from_tables(&behind.client, specs.clone()).await?;
+            let model = model_from_tables(behind, specs.clone()).await?;
             behind
-                .client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(sql_err("reading the follower's model tables"))?;
             model
         };
-        (model, behind.origin_lsn)
+        (model, at)
     };
 
     let publication = format!("\"{}\"", config.leader.publication.replace('"', "\"\""));
@@ -346,31 +428,60 @@ async fn run_session(
         max_rows: config.apply.group_max_rows,
         max_wait: config.apply.group_max_wait,
     };
-    let mut senders = Vec::with_capacity(followers.len());
+    let mut lanes = Vec::with_capacity(followers.len());
     let mut progresses = Vec::with_capacity(followers.len());
     let mut health = Vec::with_capacity(followers.len());
     let mut sinks = JoinSet::new();
-    for f in followers {
+    let mut detached: Vec<Option<DetachReason>> = Vec::with_capacity(followers.len());
+    let mut abort_handles = Vec::with_capacity(followers.len());
+    for (index, f) in followers.into_iter().enumerate() {
         let progress = Progress::starting_at(f.origin_lsn);
         progresses.push(progress.clone());
         health.push(FollowerHealth {
             name: f.name.clone(),
             progress: progress.clone(),
             client: f.client.clone(),
+            detached: f.detached.as_ref().map(ToString::to_string),
         });
+        detached.push(f.detached);
+        let Some(client) = f.client else {
+            lanes.push(None);
+            abort_handles.push(None);
+            continue;
+        };
         let spec = SinkSpec {
-            follower: f.name.clone(),
+            follower: f.name,
             set_bit: f.set_bit,
             resync: f.resync,
             limits,
             skip_until: f.origin_lsn,
         };
-        let sink = Sink::new(spec, f.client.clone(), leader.clone(), progress).await?;
-        let (tx, rx) = mpsc::channel::<TxnEvent>(8192);
-        senders.push(tx);
-        sinks.spawn(run_sink(sink, rx));
+        let sink = match Sink::new(spec, client, leader.clone(), progress).await {
+            Ok(sink) => sink,
+            Err(e) if hub && e.is_transient() => {
+                // Lost between connecting and preparing: as unreachable.
+                let reason = DetachReason::Unreachable(crate::report::error_chain(&e));
+                if let Some(h) = health.last_mut() {
+                    h.client = None;
+                    h.detached = Some(reason.to_string());
+                }
+                if let Some(d) = detached.last_mut() {
+                    *d = Some(reason);
+                }
+                lanes.push(None);
+                abort_handles.push(None);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (tx, rx) = mpsc::channel::<TxnEvent>(config.apply.buffer_events);
+        lanes.push(Some(tx));
+        abort_handles.push(Some(
+            sinks.spawn(async move { (index, run_sink(sink, rx).await) }),
+        ));
     }
-    let feedback = Feedback::new(progresses);
+    let mut fanout = Fanout::new(lanes, config.apply.detach_after);
+    let feedback = Feedback::new(progresses.clone());
     let _streaming = telemetry.streaming(feedback.clone(), health);
     let (stop_feedback, stop_rx) = watch::channel(false);
     let feedback_task = tokio::spawn(feedback.clone().run(
@@ -379,20 +490,60 @@ async fn run_session(
         stop_rx,
     ));
 
+    // Detached followers that may come back are probed; the first one that
+    // answers rewinds the stream to its origin.
+    let (mut roster, mut rejoin_rx) = Roster::new(config, telemetry, standings, detached);
+
     let mut assembler = Assembler::new(config.apply.spool_dir.clone());
     let mut filter = FilterStage::new(model);
     let mut seen = StreamMetrics::default();
     let mut last_received = start_lsn;
-    let reader: Result<(), RunError> = async {
+    let reader: Result<SessionEnd, RunError> = async {
         loop {
             let frame = tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         tracing::info!("Shutting down: finishing applied transactions.");
-                        return Ok(());
+                        return Ok(SessionEnd::Shutdown);
                     }
                     continue;
+                }
+                Some(joined) = sinks.join_next(), if !sinks.is_empty() => {
+                    let (index, result) = joined
+                        .map_err(|join| RunError::Setup(format!("sink task failed: {join}")))?;
+                    match result {
+                        Err(e) if !hub => return Err(e.into()),
+                        Ok(()) if !hub => {
+                            return Err(RunError::Setup("the follower sink stopped".into()));
+                        }
+                        Err(e) => {
+                            count_error("apply", Some(e.follower()));
+                            let chain = crate::report::error_chain(&e);
+                            let reason = if e.is_transient() {
+                                DetachReason::Lost(chain)
+                            } else {
+                                DetachReason::Failed(chain)
+                            };
+                            roster.detach(&mut fanout, index, reason, true);
+                            if fanout.attached() == 0 {
+                                return Err(e.into());
+                            }
+                        }
+                        Ok(()) => {
+                            let reason = roster.reason(index).cloned().unwrap_or_else(|| {
+                                DetachReason::Lost("its sink stopped".into())
+                            });
+                            roster.detach(&mut fanout, index, reason, true);
+                        }
+                    }
+                    if fanout.attached() == 0 {
+                        return Err(RunError::Setup("every follower is detached".into()));
+                    }
+                    continue;
+                }
+                Some(index) = rejoin_rx.recv() => {
+                    return Ok(SessionEnd::Rewind { follower: roster.name(index).to_owned() });
                 }
                 frame = stream.next_copy_data() => frame?,
             };
@@ -409,11 +560,11 @@ async fn run_session(
                     match assembler.handle(x.wal_start, x.data)? {
                         Assembled::Nothing => {}
                         Assembled::Event(event) => {
-                            forward(&mut filter, &mut seen, &senders, event).await?;
+                            forward(&mut filter, &mut seen, &mut fanout, event).await?;
                         }
                         Assembled::Replay(mut replay) => {
                             while let Some(event) = replay.next_event(&assembler)? {
-                                forward(&mut filter, &mut seen, &senders, event).await?;
+                                forward(&mut filter, &mut seen, &mut fanout, event).await?;
                             }
                         }
                     }
@@ -426,7 +577,7 @@ async fn run_session(
                     // pinging with the same position until we confirm it.
                     if assembler.is_idle() && k.wal_end > feedback.flush_lsn() {
                         feedback.received(k.wal_end);
-                        forward(&mut filter, &mut seen, &senders, TxnEvent::Idle { wal_end: k.wal_end })
+                        forward(&mut filter, &mut seen, &mut fanout, TxnEvent::Idle { wal_end: k.wal_end })
                             .await?;
                     }
                     if k.reply_requested {
@@ -440,17 +591,35 @@ async fn run_session(
                     });
                 }
             }
+            for (index, reason) in fanout.take_detached() {
+                // Its sink drains what it has; the rejoin probe starts when
+                // it has stopped (the join above).
+                roster.detach(&mut fanout, index, reason, false);
+            }
         }
     }
     .await;
+    // A detached follower's sink may be stuck (a lock, a hung connection):
+    // it must not hold the rewind or the shutdown of the others. Aborting
+    // rolls back its open follower transaction; its progress is what it
+    // committed.
+    for (index, handle) in abort_handles.iter().enumerate() {
+        if let (Some(handle), Some(_)) = (handle, roster.reason(index)) {
+            handle.abort();
+        }
+    }
+    roster.finish(session_started.elapsed());
 
     // Stop the sinks: they commit what is complete and abandon the rest.
-    drop(senders);
-    let mut first_error = reader.err();
+    drop(fanout);
+    let (mut first_error, end) = match reader {
+        Ok(end) => (None, end),
+        Err(e) => (Some(e), SessionEnd::Shutdown),
+    };
     while let Some(joined) = sinks.join_next().await {
         match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Ok((_, Ok(()))) => {}
+            Ok((_, Err(e))) => {
                 // A sink error explains a reader's "channel closed".
                 if first_error
                     .as_ref()
@@ -462,6 +631,7 @@ async fn run_session(
                     tracing::error!(error = %crate::report::error_chain(&e), "Follower apply failed.");
                 }
             }
+            Err(join) if join.is_cancelled() => {}
             Err(join) => {
                 first_error.get_or_insert(RunError::Setup(format!("sink task failed: {join}")));
             }
@@ -473,8 +643,11 @@ async fn run_session(
         _ => {}
     }
     let _ = status.finish().await;
+    for (standing, progress) in standings.iter_mut().zip(&progresses) {
+        standing.last_progress = Some(progress.committed_end());
+    }
     match first_error {
-        None => Ok(()),
+        None => Ok(end),
         Some(e) => Err(e),
     }
 }
@@ -482,23 +655,15 @@ async fn run_session(
 async fn forward(
     filter: &mut FilterStage,
     seen: &mut StreamMetrics,
-    senders: &[mpsc::Sender<TxnEvent>],
+    fanout: &mut Fanout,
     mut event: TxnEvent,
 ) -> Result<(), RunError> {
     filter.process(&mut event)?;
     seen.observe(&event);
-    let Some((last, rest)) = senders.split_last() else {
-        return Ok(());
-    };
-    for sender in rest {
-        sender
-            .send(event.clone())
-            .await
-            .map_err(|_| RunError::Setup("a follower sink stopped".into()))?;
-    }
-    last.send(event)
-        .await
-        .map_err(|_| RunError::Setup("a follower sink stopped".into()))
+    fanout.send(event).await.map_err(|e| match e {
+        SendError::SinkStopped(_) => RunError::Setup("a follower sink stopped".into()),
+        SendError::NoFollower => RunError::Setup("every follower is detached".into()),
+    })
 }
 
 async fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<TxnEvent>) -> Result<(), ApplyError> {

@@ -23,6 +23,7 @@ pub fn accepts_connections(port: u16) -> bool {
 }
 
 pub mod mix;
+pub mod probe;
 
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::LeakReport;

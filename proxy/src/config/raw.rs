@@ -84,6 +84,11 @@ pub struct RawApply {
     pub status_interval_ms: Option<u64>,
     /// Directory for spooling streamed transactions (default: system temp dir).
     pub spool_dir: Option<PathBuf>,
+    /// Events buffered between the reader and each follower's sink.
+    pub buffer_events: Option<u64>,
+    /// Hub mode: how long one follower may hold the stream back (its buffer
+    /// full while another follower waits) before it is detached.
+    pub detach_after_ms: Option<u64>,
 }
 
 /// `[metrics]`.
@@ -163,6 +168,8 @@ impl RawConfig {
                 "APPLY_GROUP_MAX_MS" => num(&mut self.apply.group_max_ms)?,
                 "APPLY_STATUS_INTERVAL_MS" => num(&mut self.apply.status_interval_ms)?,
                 "APPLY_SPOOL_DIR" => path(&mut self.apply.spool_dir),
+                "APPLY_BUFFER_EVENTS" => num(&mut self.apply.buffer_events)?,
+                "APPLY_DETACH_AFTER_MS" => num(&mut self.apply.detach_after_ms)?,
                 "METRICS_LISTEN" => set(&mut self.metrics.listen),
                 "METRICS_MAX_LAG_BYTES" => num(&mut self.metrics.max_lag_bytes)?,
                 "LOG_FORMAT" => set(&mut self.log.format),

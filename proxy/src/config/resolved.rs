@@ -54,6 +54,13 @@ pub struct ApplySettings {
     pub status_interval: Duration,
     /// Where streamed transactions are spooled.
     pub spool_dir: PathBuf,
+    /// Events buffered between the reader and each follower's sink: the
+    /// most a follower can fall behind its peers before it holds them back.
+    pub buffer_events: usize,
+    /// Hub mode: how long one follower may hold the others back (its buffer
+    /// full while another follower's is empty) before it is detached and
+    /// left to catch up from the slot on its own (see `fanout`).
+    pub detach_after: Duration,
 }
 
 impl Default for ApplySettings {
@@ -63,6 +70,8 @@ impl Default for ApplySettings {
             group_max_wait: Duration::from_millis(20),
             status_interval: Duration::from_secs(1),
             spool_dir: std::env::temp_dir(),
+            buffer_events: 8192,
+            detach_after: Duration::from_secs(5),
         }
     }
 }
@@ -166,6 +175,15 @@ impl Config {
                 .unwrap_or(defaults.group_max_wait),
             status_interval: Duration::from_millis(status_ms),
             spool_dir: raw.apply.spool_dir.clone().unwrap_or(defaults.spool_dir),
+            buffer_events: raw
+                .apply
+                .buffer_events
+                .map_or(defaults.buffer_events, |n| n.clamp(16, 1 << 20) as usize),
+            detach_after: raw
+                .apply
+                .detach_after_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.detach_after),
         };
         let log_format = match raw.log.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,

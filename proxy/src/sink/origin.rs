@@ -3,6 +3,10 @@
 
 use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// How long a replication origin still bound to an exiting session is waited for.
+const ORIGIN_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Prepares an apply session: triggers and FK checks off (the leader's WAL
 /// already carries their effects), synchronous commit on (a commit that
@@ -26,9 +30,24 @@ pub async fn setup_apply_session(
             &[&origin],
         )
         .await?;
-    client
-        .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
-        .await?;
+    // The backend of a session this process just left (a rewind, a
+    // reconnect) may still hold the origin for a moment: wait for it, briefly.
+    let deadline = std::time::Instant::now() + ORIGIN_BUSY_WAIT;
+    loop {
+        match client
+            .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+            .await
+        {
+            Ok(_) => break,
+            Err(e)
+                if e.code() == Some(&SqlState::OBJECT_IN_USE)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     origin_progress(client, origin).await
 }
 

@@ -1,0 +1,265 @@
+//! Fan-out from the one reader to each follower's sink, and what happens
+//! when one follower cannot keep up.
+//!
+//! Each follower has a *lane*: a bounded channel of `buffer_events` events
+//! to its sink. With one follower (sidecar mode) a full lane simply
+//! back-pressures the reader, and so the walsender: there is nobody else to
+//! protect. With several (hub mode) a full lane is tolerated only while it
+//! holds nobody back; once a lane has stayed full for `detach_after` while
+//! another follower's lane sat empty, or its sink stopped with an error, the
+//! follower is **detached**:
+//!
+//! - its lane closes; its sink applies what it already has and stops;
+//! - its durable progress stays in the slot's feedback (the flush LSN is the
+//!   minimum over every configured follower, detached ones included), so the
+//!   leader keeps the WAL it still needs — nothing is lost, and no other
+//!   follower waits for it;
+//! - it **catches up from the slot**: once its sink has stopped and its
+//!   database answers again, the hub rewinds — it restarts the stream from
+//!   the slot at the detached follower's own origin, re-reading its model
+//!   tables there; the followers that are ahead skip what they already hold.
+//!   Rejoin attempts of a follower that keeps falling behind back off
+//!   (1 s doubling to 60 s), so a follower slower than the leader's write
+//!   rate costs the others one short replay per minute, not a stall;
+//! - a follower whose change can never apply (a schema mismatch, a
+//!   constraint violation) stays detached until pgsieve restarts: retrying
+//!   cannot help, and replaying for it would disturb the others.
+//!
+//! Detachment is visible in the log, in `/readyz` (not ready, with the
+//! reason) and in `pgsieve_follower_attached{follower}` /
+//! `pgsieve_detaches_total{follower,reason}`.
+//!
+//! Why rewind rather than a second stream: a logical slot serves one
+//! connection at a time and cannot start before its confirmed position, so
+//! a laggard can only re-read WAL the shared slot still holds — which it does,
+//! because feedback never confirms past the laggard's progress. One stream
+//! keeps the leader's decoding cost flat in the number of followers.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::txn::TxnEvent;
+
+/// How often a blocked send re-checks whether its lane is holding others back.
+const TICK: Duration = Duration::from_millis(25);
+
+/// Why a follower left the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachReason {
+    /// Its lane stayed full for `detach_after` while another follower waited.
+    Slow {
+        /// How long it held the others back.
+        held: Duration,
+    },
+    /// Its sink stopped with a transient error (the follower restarted, the
+    /// connection dropped): rejoins when it answers again.
+    Lost(String),
+    /// Its sink stopped with an error retrying cannot fix.
+    Failed(String),
+    /// It could not be reached when the session started.
+    Unreachable(String),
+}
+
+impl DetachReason {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DetachReason::Slow { .. } => "slow",
+            DetachReason::Lost(_) => "lost",
+            DetachReason::Failed(_) => "failed",
+            DetachReason::Unreachable(_) => "unreachable",
+        }
+    }
+
+    /// Whether the follower may rejoin without a restart of pgsieve.
+    pub fn may_rejoin(&self) -> bool {
+        !matches!(self, DetachReason::Failed(_))
+    }
+}
+
+impl std::fmt::Display for DetachReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DetachReason::Slow { held } => write!(
+                f,
+                "slow: its buffer stayed full for {} ms while another follower waited",
+                held.as_millis()
+            ),
+            DetachReason::Lost(e) => write!(f, "lost: {e}"),
+            DetachReason::Failed(e) => write!(f, "failed: {e}"),
+            DetachReason::Unreachable(e) => write!(f, "unreachable: {e}"),
+        }
+    }
+}
+
+/// The reader's lanes of one session.
+#[derive(Debug)]
+pub struct Fanout {
+    lanes: Vec<Lane>,
+    detach_after: Duration,
+    /// Several followers: a full lane may be detached instead of waited for.
+    isolate: bool,
+    /// Lanes detached as slow by `send`, not yet taken by the reader.
+    newly_slow: Vec<(usize, DetachReason)>,
+}
+
+#[derive(Debug)]
+struct Lane {
+    tx: Option<mpsc::Sender<TxnEvent>>,
+    /// Since when this lane has been full while another lane was starved.
+    held_since: Option<Instant>,
+}
+
+/// What went wrong sending to a lane in sidecar mode (or to the last lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The sink of lane `.0` stopped; its join result says why.
+    SinkStopped(usize),
+    /// Every follower is detached.
+    NoFollower,
+}
+
+impl Fanout {
+    /// Lanes for `followers` followers, `None` for one detached from the
+    /// start; `isolate` when more than one follower is configured.
+    pub fn new(lanes: Vec<Option<mpsc::Sender<TxnEvent>>>, detach_after: Duration) -> Self {
+        let isolate = lanes.len() > 1;
+        Self {
+            lanes: lanes
+                .into_iter()
+                .map(|tx| Lane {
+                    tx,
+                    held_since: None,
+                })
+                .collect(),
+            detach_after,
+            isolate,
+            newly_slow: Vec::new(),
+        }
+    }
+
+    /// Followers still fed.
+    pub fn attached(&self) -> usize {
+        self.lanes.iter().filter(|l| l.tx.is_some()).count()
+    }
+
+    /// Closes lane `index`: its sink drains what it has and stops.
+    pub fn detach(&mut self, index: usize) {
+        if let Some(lane) = self.lanes.get_mut(index) {
+            lane.tx = None;
+            lane.held_since = None;
+        }
+    }
+
+    /// Lanes `send` detached as slow since the last call.
+    pub fn take_detached(&mut self) -> Vec<(usize, DetachReason)> {
+        std::mem::take(&mut self.newly_slow)
+    }
+
+    /// Sends `event` to every attached lane (a clone each, the original to
+    /// the last). In hub mode a lane that holds the others back for
+    /// `detach_after` is detached instead of waited for ([`Self::take_detached`]).
+    pub async fn send(&mut self, event: TxnEvent) -> Result<(), SendError> {
+        let Some(last) = self.lanes.iter().rposition(|l| l.tx.is_some()) else {
+            return Err(SendError::NoFollower);
+        };
+        for index in 0..last {
+            if self.lanes[index].tx.is_some() {
+                self.deliver(index, event.clone()).await?;
+            }
+        }
+        self.deliver(last, event).await
+    }
+
+    async fn deliver(&mut self, index: usize, event: TxnEvent) -> Result<(), SendError> {
+        let Some(tx) = self.lanes[index].tx.clone() else {
+            return Ok(());
+        };
+        let event = match tx.try_send(event) {
+            Ok(()) => {
+                // A lane back below half full is keeping up again.
+                if tx.capacity() * 2 >= tx.max_capacity() {
+                    self.lanes[index].held_since = None;
+                }
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return self.closed(index),
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        if !self.isolate {
+            return tx
+                .send(event)
+                .await
+                .map_err(|_| SendError::SinkStopped(index));
+        }
+        loop {
+            if self.another_lane_starved(index) {
+                let since = *self.lanes[index]
+                    .held_since
+                    .get_or_insert_with(Instant::now);
+                let held = since.elapsed();
+                if held >= self.detach_after {
+                    self.detach(index);
+                    self.newly_slow.push((index, DetachReason::Slow { held }));
+                    return Ok(());
+                }
+            } else {
+                self.lanes[index].held_since = None;
+            }
+            match tokio::time::timeout(TICK, tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(event);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return self.closed(index),
+                Err(_elapsed) => {}
+            }
+        }
+    }
+
+    /// The sink of lane `index` stopped. In hub mode the lane is detached
+    /// and the others go on (the reader learns why from the sink's join
+    /// result); alone, the session must end.
+    fn closed(&mut self, index: usize) -> Result<(), SendError> {
+        if self.isolate {
+            self.detach(index);
+            Ok(())
+        } else {
+            Err(SendError::SinkStopped(index))
+        }
+    }
+
+    /// Whether some other attached lane is (nearly) empty: its follower is
+    /// waiting on the reader, which is waiting on lane `index`.
+    fn another_lane_starved(&self, index: usize) -> bool {
+        self.lanes.iter().enumerate().any(|(i, lane)| {
+            i != index
+                && lane
+                    .tx
+                    .as_ref()
+                    .is_some_and(|tx| tx.capacity() * 16 >= tx.max_capacity() * 15)
+        })
+    }
+}
+
+/// Per-follower standing that outlives one session: how often it fell
+/// behind in a row (rejoin backoff) and the last durable progress known
+/// (held in the feedback while it is unreachable).
+#[derive(Debug, Clone, Default)]
+pub struct Standing {
+    /// Consecutive detachments without a session that kept it a minute.
+    pub detaches: u32,
+    /// Its durable progress when last seen.
+    pub last_progress: Option<pgsieve_protocol::Lsn>,
+    /// Set when it failed for good: not reconnected until pgsieve restarts.
+    pub failed: Option<String>,
+}
+
+impl Standing {
+    /// Delay before a detached follower tries to rejoin.
+    pub fn rejoin_delay(&self) -> Duration {
+        let exp = self.detaches.saturating_sub(1).min(6);
+        (Duration::from_secs(1) * (1 << exp)).min(Duration::from_secs(60))
+    }
+}
