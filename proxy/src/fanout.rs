@@ -173,19 +173,21 @@ impl Fanout {
     }
 
     async fn deliver(&mut self, index: usize, event: TxnEvent) -> Result<(), SendError> {
-        let Some(tx) = self.lanes[index].tx.clone() else {
+        let lane = &mut self.lanes[index];
+        let Some(tx) = &lane.tx else {
             return Ok(());
         };
-        let event = match tx.try_send(event) {
+        // The common case: room in the lane, no clone of the sender.
+        let (tx, event) = match tx.try_send(event) {
             Ok(()) => {
                 // A lane back below half full is keeping up again.
                 if tx.capacity() * 2 >= tx.max_capacity() {
-                    self.lanes[index].held_since = None;
+                    lane.held_since = None;
                 }
                 return Ok(());
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return self.closed(index),
-            Err(mpsc::error::TrySendError::Full(event)) => event,
+            Err(mpsc::error::TrySendError::Full(event)) => (tx.clone(), event),
         };
         if !self.isolate {
             return tx
