@@ -139,6 +139,13 @@ impl Hub {
             diff.join("\n"),
             self.pgsieve.log()
         );
+        // Backfills move the upsert bound: the stream never met a row
+        // they had copied (which would have cost a restart).
+        assert!(
+            !self.pgsieve.log().contains("resuming with upserts"),
+            "{step}: a plain INSERT met a row the follower held:\n{}",
+            self.pgsieve.log()
+        );
     }
 
     /// Waits until `/readyz` reports west detached for one of `reasons`,

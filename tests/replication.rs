@@ -113,6 +113,73 @@ async fn full_follower_equals_leader_after_mixed_workload() {
     let _ = CONJUR_DB;
 }
 
+/// pgsieve writes streamed inserts as plain INSERTs (no conflict probe); a
+/// row the follower already holds (planted here behind pgsieve's back) must
+/// not stop it: the duplicate key makes it resume with upserts through that
+/// transaction, and the follower ends equal to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_follower_already_holds_is_upserted_after_a_restart() {
+    let topology = ok(Topology::start(1));
+    let (mut leader, followers) = ok(topology.prepare_conjur().await);
+    let follower = &followers[0];
+    let variables = small_policy(&mut leader, "acme", 1, 2).await;
+    let slot = "pgsieve_dup";
+    let origin = format!("pgsieve_{slot}");
+    let config = PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![FollowerEntry::full("f1", &topology.followers[0])],
+    );
+    let pgsieve = ok(PgsieveProcess::start(&config));
+    ok(add_secret(&mut leader, &variables[0], b"first").await);
+    wait_caught_up(
+        &leader,
+        follower,
+        &origin,
+        &pgsieve,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // The version the leader's next rotation of variables[0] will get,
+    // planted on the follower with other contents.
+    let next: i32 = leader
+        .query_one(
+            "SELECT max(version) + 1 FROM secrets WHERE resource_id = $1",
+            &[&variables[0]],
+        )
+        .await
+        .expect("next version")
+        .get(0);
+    follower
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .expect("replica role");
+    follower
+        .execute(
+            "INSERT INTO secrets (resource_id, version, value) VALUES ($1, $2, '\\x00'::bytea)",
+            &[&variables[0], &next],
+        )
+        .await
+        .expect("planting a row");
+    ok(rotate_secret(&leader, &variables[0], b"the leader's", None).await);
+    ok(add_secret(&mut leader, &variables[1], b"after it").await);
+    wait_caught_up(
+        &leader,
+        follower,
+        &origin,
+        &pgsieve,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_tables_equal(&leader, follower, CONJUR_TABLES).await;
+    assert!(
+        pgsieve.log().contains("resuming with upserts"),
+        "the planted row should have made pgsieve resume with upserts:\n{}",
+        pgsieve.log()
+    );
+}
+
 /// Name of the native subscription of the oracle test (also its slot on the leader).
 const NATIVE_SUBSCRIPTION: &str = "native";
 

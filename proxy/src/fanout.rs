@@ -256,9 +256,27 @@ pub struct Standing {
     pub last_progress: Option<pgsieve_protocol::Lsn>,
     /// Set when it failed for good: not reconnected until pgsieve restarts.
     pub failed: Option<String>,
+    /// Inserts of transactions committed before this are applied as upserts
+    /// (raised by a duplicate key; see `ApplyError::duplicate_key_at`).
+    pub upsert_until: pgsieve_protocol::Lsn,
 }
 
 impl Standing {
+    /// Learns from a failed apply: a duplicate key of a plain INSERT means
+    /// the follower must re-apply with upserts through that transaction and
+    /// everything already `received` (one restart, not one per row).
+    pub fn note_apply_error(
+        &mut self,
+        error: &crate::sink::ApplyError,
+        received: pgsieve_protocol::Lsn,
+    ) {
+        if let Some(lsn) = error.duplicate_key_at() {
+            let through = received.max(pgsieve_protocol::Lsn(lsn.0 + 1));
+            tracing::warn!(follower = %error.follower(), at = %lsn, %through, "The follower already held a row a plain INSERT wrote: resuming with upserts through what was received.");
+            self.upsert_until = self.upsert_until.max(through);
+        }
+    }
+
     /// Delay before a detached follower tries to rejoin.
     pub fn rejoin_delay(&self) -> Duration {
         let exp = self.detaches.saturating_sub(1).min(6);

@@ -93,6 +93,17 @@ impl<'a> Roster<'a> {
         }
     }
 
+    /// Learns from follower `index`'s failed apply (see
+    /// [`Standing::note_apply_error`]).
+    pub fn note_apply_error(
+        &mut self,
+        index: usize,
+        error: &crate::sink::ApplyError,
+        received: pgsieve_protocol::Lsn,
+    ) {
+        self.standings[index].note_apply_error(error, received);
+    }
+
     /// Ends the session's bookkeeping: a follower that stayed attached
     /// through a session of at least a minute starts its rejoin backoff over.
     pub fn finish(self, lived: Duration) {

@@ -455,6 +455,7 @@ async fn run_session(
             resync: f.resync,
             limits,
             skip_until: f.origin_lsn,
+            upsert_until: standings[index].upsert_until,
         };
         let sink = match Sink::new(spec, client, leader.clone(), progress).await {
             Ok(sink) => sink,
@@ -512,6 +513,9 @@ async fn run_session(
                 Some(joined) = sinks.join_next(), if !sinks.is_empty() => {
                     let (index, result) = joined
                         .map_err(|join| RunError::Setup(format!("sink task failed: {join}")))?;
+                    if let Err(e) = &result {
+                        roster.note_apply_error(index, e, feedback.received_lsn());
+                    }
                     match result {
                         Err(e) if !hub => return Err(e.into()),
                         Ok(()) if !hub => {
@@ -619,7 +623,8 @@ async fn run_session(
     while let Some(joined) = sinks.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            Ok((_, Err(e))) => {
+            Ok((index, Err(e))) => {
+                standings[index].note_apply_error(&e, feedback.received_lsn());
                 // A sink error explains a reader's "channel closed".
                 if first_error
                     .as_ref()

@@ -96,9 +96,30 @@ impl ApplyError {
         }
     }
 
+    /// The leader transaction whose plain INSERT hit a row the follower
+    /// already held: it and what follows must be re-applied as upserts.
+    pub fn duplicate_key_at(&self) -> Option<Lsn> {
+        match self {
+            ApplyError::Statement {
+                commit_lsn,
+                op: "insert",
+                source,
+                ..
+            } if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Some(*commit_lsn)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the follower connection was lost (reconnect and resume from
-    /// the origin) rather than a change being unappliable (stop).
+    /// the origin) rather than a change being unappliable (stop). A
+    /// duplicate key of a plain INSERT is transient too: resumed with
+    /// upserts, it applies ([`Self::duplicate_key_at`]).
     pub fn is_transient(&self) -> bool {
+        if self.duplicate_key_at().is_some() {
+            return true;
+        }
         match self {
             ApplyError::Statement { source, .. }
             | ApplyError::Schema {
@@ -180,6 +201,9 @@ pub struct SinkSpec {
     pub limits: GroupLimits,
     /// Skip leader transactions committed before this LSN (already applied).
     pub skip_until: Lsn,
+    /// Apply inserts of leader transactions committed before this LSN as
+    /// upserts (after a duplicate key; see `Sink::upsert_until`).
+    pub upsert_until: Lsn,
 }
 
 /// Counters a sink keeps for logs and metrics.
@@ -199,8 +223,9 @@ struct TableApply {
     shape: TableShape,
     name: Arc<str>,
     relation: Arc<Relation>,
-    /// Multi-row upserts by row count (1, and powers of two up to the maximum).
-    inserts: HashMap<usize, Statement>,
+    /// Multi-row inserts by (row count, upsert): 1 and powers of two up to
+    /// the maximum.
+    inserts: HashMap<(usize, bool), Statement>,
     delete: Statement,
     updates: HashMap<u64, Statement>,
     metrics: TableMetrics,
@@ -239,6 +264,15 @@ pub struct Sink {
     /// follower (hub restart from the slowest follower): skip them.
     skip_until: Lsn,
     skipping: bool,
+    /// Inserts of leader transactions committed before this LSN are upserts;
+    /// later ones are plain INSERTs. The follower can already hold a row
+    /// only when a backfill copied it from a leader snapshot that saw its
+    /// transaction, and every transaction such a snapshot saw committed
+    /// before the leader WAL position read after it; each backfill moves
+    /// this bound there. (Replays after a restart are skipped by origin, so
+    /// they never overlap.) A duplicate key anyway restarts the follower
+    /// with upserts through the failing transaction (`ApplyError::is_duplicate_key`).
+    upsert_until: Lsn,
     /// Consecutive inserts into one table, sent as one multi-row statement.
     batch: Option<InsertBatch>,
     metrics: FollowerMetrics,
@@ -253,6 +287,9 @@ struct InsertBatch {
     rows: usize,
     params: Vec<WireValue>,
     commit_lsn: Lsn,
+    /// Whether the batch's statements are upserts (decided by its first
+    /// transaction: later ones commit later, so are no more at risk).
+    upsert: bool,
 }
 
 impl std::fmt::Debug for Sink {
@@ -289,6 +326,7 @@ impl Sink {
             resync,
             limits,
             skip_until,
+            upsert_until,
         } = spec;
         let control = |op: &'static str| ApplyContext {
             commit_lsn: Lsn::ZERO,
@@ -331,6 +369,7 @@ impl Sink {
             resync,
             skip_until,
             skipping: false,
+            upsert_until,
             batch: None,
             metrics,
             commit_times: Vec::new(),
@@ -508,7 +547,7 @@ impl Sink {
                 shape,
                 name,
                 relation: relation.clone(),
-                inserts: HashMap::from([(1, insert)]),
+                inserts: HashMap::from([((1, true), insert)]),
                 delete,
                 updates: HashMap::new(),
                 metrics: self.metrics.table(relation),
@@ -554,11 +593,13 @@ impl Sink {
         let (statement, params) = match &change.op {
             RowOp::Insert(insert) => {
                 let max_rows = table.shape.max_insert_rows();
+                let upsert = commit_lsn < self.upsert_until;
                 let batch = self.batch.get_or_insert_with(|| InsertBatch {
                     oid,
                     rows: 0,
                     params: Vec::with_capacity(max_rows.min(64) * insert.new.len()),
                     commit_lsn,
+                    upsert,
                 });
                 batch
                     .params
@@ -761,7 +802,7 @@ impl Sink {
                 1 << (usize::BITS - 1 - batch.rows.leading_zeros())
             };
             let statement = self
-                .insert_statement(batch.oid, chunk, batch.commit_lsn)
+                .insert_statement(batch.oid, chunk, batch.upsert, batch.commit_lsn)
                 .await?;
             let rest = batch.params.split_off(chunk * width);
             let params = std::mem::replace(&mut batch.params, rest);
@@ -780,6 +821,7 @@ impl Sink {
         &mut self,
         oid: u32,
         rows: usize,
+        upsert: bool,
         commit_lsn: Lsn,
     ) -> Result<Statement, ApplyError> {
         let Some(table) = self.tables.get_mut(&oid) else {
@@ -789,10 +831,10 @@ impl Sink {
                 what: format!("insert for unknown relation {oid}"),
             });
         };
-        if let Some(statement) = table.inserts.get(&rows) {
+        if let Some(statement) = table.inserts.get(&(rows, upsert)) {
             return Ok(statement.clone());
         }
-        let sql = table.shape.insert_rows_sql(rows);
+        let sql = table.shape.insert_rows_sql(rows, upsert);
         let statement =
             self.client
                 .prepare(&sql)
@@ -804,7 +846,7 @@ impl Sink {
                     op: "prepare insert",
                     source,
                 })?;
-        table.inserts.insert(rows, statement.clone());
+        table.inserts.insert((rows, upsert), statement.clone());
         Ok(statement)
     }
 
@@ -894,6 +936,13 @@ impl Sink {
 
     pub(crate) fn leader(&self) -> &Arc<Client> {
         &self.leader
+    }
+
+    /// A backfill read the leader at a snapshot taken before WAL position
+    /// `lsn`: the follower may now hold rows of transactions committed
+    /// before it, so their inserts must be upserts.
+    pub(crate) fn backfilled_through(&mut self, lsn: Lsn) {
+        self.upsert_until = self.upsert_until.max(lsn);
     }
 
     pub(crate) fn follower_name(&self) -> &str {

@@ -261,6 +261,27 @@ impl Resync {
                 op: "resync read from leader",
                 source,
             })?;
+        // Every transaction the query's snapshot saw committed before the
+        // WAL position read after it: until the stream passes it, inserts
+        // may meet rows just copied.
+        let after: String = sink
+            .leader()
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(|source| ApplyError::Statement {
+                follower: sink.follower_name().to_owned(),
+                commit_lsn,
+                table: Arc::from(SECRETS),
+                op: "resync read from leader",
+                source,
+            })?
+            .get(0);
+        let after: Lsn = after.parse().map_err(|_| ApplyError::Invalid {
+            follower: sink.follower_name().to_owned(),
+            commit_lsn,
+            what: format!("the leader returned an unreadable WAL position {after:?}"),
+        })?;
+        sink.backfilled_through(after);
         let copied = rows.len() as u64;
         for row in rows {
             let params: Vec<WireValue> = (0..row.len())

@@ -64,7 +64,7 @@ impl TableShape {
 
     /// INSERT of all columns; an upsert on the primary key (idempotent replay).
     pub fn insert_sql(&self) -> String {
-        self.insert_rows_sql(1)
+        self.insert_rows_sql(1, true)
     }
 
     /// Most rows one multi-row INSERT may carry (PostgreSQL allows 65 535
@@ -73,11 +73,15 @@ impl TableShape {
         (65_535 / self.columns.len().max(1)).clamp(1, 256)
     }
 
-    /// INSERT of `rows` rows at once (parameters row by row), same upsert.
-    /// Consecutive leader inserts into one table travel in one statement;
-    /// two of them never share a key (the leader would have needed a DELETE
-    /// in between, which ends the batch), so ON CONFLICT never sees a row twice.
-    pub fn insert_rows_sql(&self, rows: usize) -> String {
+    /// INSERT of `rows` rows at once (parameters row by row); with `upsert`,
+    /// ON CONFLICT on the primary key. Consecutive leader inserts into one
+    /// table travel in one statement; two of them never share a key (the
+    /// leader would have needed a DELETE in between, which ends the batch),
+    /// so ON CONFLICT never sees a row twice. A plain INSERT saves the
+    /// follower the conflict probe (a sixth of its CPU on single-row
+    /// rotations); the sink uses it wherever the follower cannot hold the
+    /// row yet (see `Sink::upsert_until`).
+    pub fn insert_rows_sql(&self, rows: usize, upsert: bool) -> String {
         let width = self.columns.len();
         let values = (0..rows)
             .map(|r| {
@@ -94,7 +98,7 @@ impl TableShape {
             self.table,
             self.column_list()
         );
-        if self.has_primary_key() {
+        if upsert && self.has_primary_key() {
             let key = self
                 .primary_key
                 .iter()
@@ -224,12 +228,17 @@ mod tests {
 
     #[test]
     fn multi_row_inserts_number_parameters_row_by_row() {
-        let sql = secrets().insert_rows_sql(2);
+        let sql = secrets().insert_rows_sql(2, true);
         assert!(
             sql.contains("VALUES ($1, $2, $3, $4), ($5, $6, $7, $8) ON CONFLICT"),
             "{sql}"
         );
         assert_eq!(secrets().max_insert_rows(), 256);
+        assert_eq!(
+            secrets().insert_rows_sql(2, false),
+            "INSERT INTO \"public\".\"secrets\" (\"resource_id\", \"version\", \"value\", \"expires_at\") \
+             VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)"
+        );
     }
 
     #[test]
