@@ -37,6 +37,7 @@
 
 use std::time::{Duration, Instant};
 
+use pgsieve_protocol::Lsn;
 use tokio::sync::mpsc;
 
 use crate::txn::TxnEvent;
@@ -253,25 +254,21 @@ pub struct Standing {
     /// Consecutive detachments without a session that kept it a minute.
     pub detaches: u32,
     /// Its durable progress when last seen.
-    pub last_progress: Option<pgsieve_protocol::Lsn>,
+    pub last_progress: Option<Lsn>,
     /// Set when it failed for good: not reconnected until pgsieve restarts.
     pub failed: Option<String>,
     /// Inserts of transactions committed before this are applied as upserts
     /// (raised by a duplicate key; see `ApplyError::duplicate_key_at`).
-    pub upsert_until: pgsieve_protocol::Lsn,
+    pub upsert_until: Lsn,
 }
 
 impl Standing {
     /// Learns from a failed apply: a duplicate key of a plain INSERT means
     /// the follower must re-apply with upserts through that transaction and
     /// everything already `received` (one restart, not one per row).
-    pub fn note_apply_error(
-        &mut self,
-        error: &crate::sink::ApplyError,
-        received: pgsieve_protocol::Lsn,
-    ) {
+    pub fn note_apply_error(&mut self, error: &crate::sink::ApplyError, received: Lsn) {
         if let Some(lsn) = error.duplicate_key_at() {
-            let through = received.max(pgsieve_protocol::Lsn(lsn.0 + 1));
+            let through = received.max(Lsn(lsn.0 + 1));
             tracing::warn!(follower = %error.follower(), at = %lsn, %through, "The follower already held a row a plain INSERT wrote: resuming with upserts through what was received.");
             self.upsert_until = self.upsert_until.max(through);
         }
@@ -281,5 +278,129 @@ impl Standing {
     pub fn rejoin_delay(&self) -> Duration {
         let exp = self.detaches.saturating_sub(1).min(6);
         (Duration::from_secs(1) * (1 << exp)).min(Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DETACH: Duration = Duration::from_millis(100);
+
+    fn idle(n: u64) -> TxnEvent {
+        TxnEvent::Idle { wal_end: Lsn(n) }
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_holds_a_hungry_peer_back_is_detached() {
+        let (slow_tx, _slow_rx) = mpsc::channel(4);
+        let (fast_tx, mut fast_rx) = mpsc::channel(4);
+        let mut fanout = Fanout::new(vec![Some(slow_tx), Some(fast_tx)], DETACH);
+        // The fast follower drains everything; the slow one never reads.
+        let drain = tokio::spawn(async move {
+            let mut seen = 0u64;
+            while fast_rx.recv().await.is_some() {
+                seen += 1;
+            }
+            seen
+        });
+        let started = Instant::now();
+        for n in 0..64 {
+            fanout.send(idle(n)).await.expect("a follower is attached");
+        }
+        assert!(started.elapsed() >= DETACH, "detached before detach_after");
+        let detached = fanout.take_detached();
+        assert_eq!(detached.len(), 1, "{detached:?}");
+        assert_eq!(detached[0].0, 0);
+        assert!(matches!(detached[0].1, DetachReason::Slow { held } if held >= DETACH));
+        assert_eq!(fanout.attached(), 1);
+        drop(fanout);
+        assert_eq!(
+            drain.await.expect("drain task"),
+            64,
+            "the fast follower got every event"
+        );
+    }
+
+    #[tokio::test]
+    async fn lanes_equally_behind_pace_the_reader_instead() {
+        // Both followers read one event every 5 ms: both lanes stay full,
+        // nobody starves, nobody is detached.
+        let mut lanes = Vec::new();
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let (tx, mut rx) = mpsc::channel::<TxnEvent>(4);
+            lanes.push(Some(tx));
+            readers.push(tokio::spawn(async move {
+                let mut seen = 0u64;
+                while rx.recv().await.is_some() {
+                    seen += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seen
+            }));
+        }
+        // A generous bound: the test is about who starves, not timing.
+        let mut fanout = Fanout::new(lanes, Duration::from_millis(500));
+        for n in 0..60 {
+            fanout.send(idle(n)).await.expect("attached");
+        }
+        assert!(fanout.take_detached().is_empty());
+        assert_eq!(fanout.attached(), 2);
+        drop(fanout);
+        for reader in readers {
+            assert_eq!(reader.await.expect("reader"), 60);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_single_follower_is_waited_for_and_its_stop_is_an_error() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut fanout = Fanout::new(vec![Some(tx)], DETACH);
+        let reader = tokio::spawn(async move {
+            // Slower than detach_after: a sidecar still waits.
+            tokio::time::sleep(DETACH * 3).await;
+            for _ in 0..8 {
+                rx.recv().await;
+            }
+        });
+        for n in 0..8 {
+            fanout.send(idle(n)).await.expect("waited for");
+        }
+        assert!(fanout.take_detached().is_empty());
+        reader.await.expect("reader");
+        assert_eq!(fanout.send(idle(9)).await, Err(SendError::SinkStopped(0)));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_sink_in_a_hub_detaches_only_its_lane() {
+        let (gone_tx, gone_rx) = mpsc::channel(2);
+        let (ok_tx, mut ok_rx) = mpsc::channel(2);
+        drop(gone_rx);
+        let mut fanout = Fanout::new(vec![Some(gone_tx), Some(ok_tx)], DETACH);
+        fanout
+            .send(idle(1))
+            .await
+            .expect("the other follower is fed");
+        assert_eq!(fanout.attached(), 1);
+        assert!(matches!(ok_rx.recv().await, Some(TxnEvent::Idle { .. })));
+        drop(ok_rx);
+        fanout.send(idle(2)).await.expect("detaches the second");
+        assert_eq!(fanout.send(idle(3)).await, Err(SendError::NoFollower));
+    }
+
+    #[test]
+    fn rejoin_backoff_doubles_to_a_minute() {
+        let delays: Vec<u64> = (0..10)
+            .map(|detaches| {
+                Standing {
+                    detaches,
+                    ..Standing::default()
+                }
+                .rejoin_delay()
+                .as_secs()
+            })
+            .collect();
+        assert_eq!(delays, [1, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }
