@@ -2,6 +2,8 @@
 //! clusters, replays every workload through every engine, and its report must
 //! show each engine delivering exactly the expected rows, the filtered
 //! engines no secret outside their sets, and the report files written.
+//! pglogical runs whenever `postgresql-15-pglogical` is installed (`.ci/run`
+//! installs it) and is then held to the same checks.
 
 use std::time::Duration;
 
@@ -22,6 +24,8 @@ fn quick_bench_delivers_every_row_and_leaks_nothing() {
         &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
     )
     .expect("report.json is JSON");
+    let bindir = pgsieve::harness::cluster::bindir().expect("PostgreSQL's bindir");
+    let pglogical = pgsieve::bench::engines::pglogical_available(bindir);
     let cases = report["cases"].as_array().expect("cases");
     assert!(
         cases.len() >= 6,
@@ -34,6 +38,10 @@ fn quick_bench_delivers_every_row_and_leaks_nothing() {
                 assert_eq!(
                     engine["engine"], "Pglogical",
                     "only pglogical may be skipped"
+                );
+                assert!(
+                    !pglogical,
+                    "pglogical is installed but was skipped: {engine:#?}"
                 );
                 continue;
             }
@@ -56,7 +64,11 @@ fn quick_bench_delivers_every_row_and_leaks_nothing() {
             );
         }
     }
-    assert!(ran >= 18, "pgsieve, native and raw in every case: {ran}");
+    let per_case = if pglogical { 4 } else { 3 };
+    assert!(
+        ran >= 6 * per_case,
+        "pgsieve, native, raw (and pglogical when installed) in every case: {ran}"
+    );
     let latency = &report["latency"];
     assert!(
         latency["grant_p99_ms"].as_f64().is_some(),

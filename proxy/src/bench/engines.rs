@@ -142,27 +142,118 @@ impl FollowerSide {
     }
 }
 
+/// What reads the leader's slot(s) for one or more followers: stopped so that a
+/// backlog builds up, restarted to time its catch-up. The engines of a case (one
+/// follower) and the fan-out runs (N followers) share it, so stopping and
+/// restarting each kind of replication is written once.
+pub enum Feeders {
+    /// pgsieve processes (one hub, or one per follower): stopped by SIGTERM,
+    /// started again with the same configuration.
+    Pgsieve(Vec<PgsieveProcess>),
+    /// A native subscription of this name on every follower:
+    /// `ALTER SUBSCRIPTION … DISABLE` / `ENABLE`.
+    Native(String),
+    /// A pglogical subscription of this name on every follower:
+    /// `alter_subscription_disable` / `alter_subscription_enable` (immediate).
+    Pglogical(String),
+}
+
+impl Feeders {
+    /// Stops reading (`followers`: a session on each follower, for the
+    /// subscriptions) and waits until no walsender serves a slot whose name is
+    /// `LIKE slots`, so a workload written next is a backlog.
+    pub async fn pause(
+        &mut self,
+        followers: &[&Client],
+        leader_client: &Client,
+        slots: &str,
+    ) -> Result<(), BenchError> {
+        match self {
+            Feeders::Pgsieve(processes) => {
+                for p in processes {
+                    p.terminate(Duration::from_secs(30));
+                }
+            }
+            Feeders::Native(_) | Feeders::Pglogical(_) => {
+                self.switch_subscriptions(followers, false).await?;
+            }
+        }
+        measure::wait_slot_inactive(leader_client, slots, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    /// Starts reading again (returns without waiting for anything).
+    pub async fn resume(&mut self, followers: &[&Client]) -> Result<(), BenchError> {
+        match self {
+            Feeders::Pgsieve(processes) => {
+                for p in processes {
+                    p.start_again()?;
+                }
+            }
+            Feeders::Native(_) | Feeders::Pglogical(_) => {
+                self.switch_subscriptions(followers, true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enables or disables the subscription on every follower.
+    async fn switch_subscriptions(
+        &self,
+        followers: &[&Client],
+        on: bool,
+    ) -> Result<(), BenchError> {
+        let (sql, what) = match (self, on) {
+            (Feeders::Native(name), true) => (format!("ALTER SUBSCRIPTION {name} ENABLE"), name),
+            (Feeders::Native(name), false) => (format!("ALTER SUBSCRIPTION {name} DISABLE"), name),
+            (Feeders::Pglogical(name), true) => (
+                format!("SELECT pglogical.alter_subscription_enable('{name}', true)"),
+                name,
+            ),
+            (Feeders::Pglogical(name), false) => (
+                format!("SELECT pglogical.alter_subscription_disable('{name}', true)"),
+                name,
+            ),
+            (Feeders::Pgsieve(_), _) => return Ok(()),
+        };
+        let verb = if on { "enabling" } else { "disabling" };
+        for (i, c) in followers.iter().enumerate() {
+            c.batch_execute(&sql)
+                .await
+                .ctx(|| format!("{verb} subscription {what} on follower {i}"))?;
+        }
+        Ok(())
+    }
+
+    /// The pgsieve processes (none for subscriptions).
+    pub fn processes(&self) -> &[PgsieveProcess] {
+        match self {
+            Feeders::Pgsieve(processes) => processes,
+            Feeders::Native(_) | Feeders::Pglogical(_) => &[],
+        }
+    }
+
+    /// CPU seconds of every pgsieve process so far; `None` for subscriptions.
+    pub fn pgsieve_cpu_seconds(&self) -> Option<f64> {
+        match self {
+            Feeders::Pgsieve(processes) => Some(
+                processes
+                    .iter()
+                    .filter_map(|p| p.pid().and_then(measure::cpu_seconds))
+                    .sum(),
+            ),
+            Feeders::Native(_) | Feeders::Pglogical(_) => None,
+        }
+    }
+}
+
 /// One engine of a case, set up and paused between catch-ups.
-pub enum Engine {
-    /// pgsieve.
-    Pgsieve {
-        /// Its follower.
-        side: FollowerSide,
-        /// The process (stopped while paused).
-        process: PgsieveProcess,
-    },
-    /// Native logical replication.
-    Native {
-        /// Its follower.
-        side: FollowerSide,
-    },
-    /// pglogical.
-    Pglogical {
-        /// Its follower.
-        side: FollowerSide,
-    },
-    /// Raw reader.
-    Raw,
+pub struct Engine {
+    kind: EngineKind,
+    /// The follower (none for the raw reader).
+    side: Option<FollowerSide>,
+    /// What feeds the follower (none for the raw reader, which connects per catch-up).
+    feeders: Option<Feeders>,
 }
 
 /// Bound on an initial copy.
@@ -171,22 +262,12 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(1800);
 impl Engine {
     /// Which engine this is.
     pub fn kind(&self) -> EngineKind {
-        match self {
-            Engine::Pgsieve { .. } => EngineKind::Pgsieve,
-            Engine::Native { .. } => EngineKind::Native,
-            Engine::Pglogical { .. } => EngineKind::Pglogical,
-            Engine::Raw => EngineKind::Raw,
-        }
+        self.kind
     }
 
     /// The follower side, if any.
     pub fn side(&self) -> Option<&FollowerSide> {
-        match self {
-            Engine::Pgsieve { side, .. } | Engine::Native { side } | Engine::Pglogical { side } => {
-                Some(side)
-            }
-            Engine::Raw => None,
-        }
+        self.side.as_ref()
     }
 
     /// Sets the engine up against a populated leader and waits for its initial
@@ -204,9 +285,9 @@ impl Engine {
         };
         let need_side =
             || BenchError::Failed(format!("engine {} needs a follower cluster", kind.name()));
-        let engine = match kind {
+        let feeders = match kind {
             EngineKind::Pgsieve => {
-                let side = side.ok_or_else(need_side)?;
+                let side = side.as_ref().ok_or_else(need_side)?;
                 let config = PgsieveConfig::new(
                     leader,
                     PGSIEVE_SLOT,
@@ -216,26 +297,30 @@ impl Engine {
                         &replica_set().data_group(),
                     )],
                 );
-                let process = PgsieveProcess::start(&config)?;
-                Engine::Pgsieve { side, process }
+                Some(Feeders::Pgsieve(vec![PgsieveProcess::start(&config)?]))
             }
             EngineKind::Native => {
-                let side = side.ok_or_else(need_side)?;
-                setup_native(leader, leader_client, &side, filter).await?;
-                Engine::Native { side }
+                let side = side.as_ref().ok_or_else(need_side)?;
+                setup_native(leader, leader_client, side, filter).await?;
+                Some(Feeders::Native(NATIVE.to_owned()))
             }
             EngineKind::Pglogical => {
-                let side = side.ok_or_else(need_side)?;
-                setup_pglogical(leader, &side).await?;
-                Engine::Pglogical { side }
+                let side = side.as_ref().ok_or_else(need_side)?;
+                setup_pglogical(leader, side).await?;
+                Some(Feeders::Pglogical(PGL_SUB.to_owned()))
             }
             EngineKind::Raw => {
                 let mut conn = raw_connect(leader).await?;
                 conn.create_slot(RAW_SLOT, false, SnapshotAction::Nothing)
                     .await
                     .map_err(|e| BenchError::source("creating the raw reader's slot", e))?;
-                Engine::Raw
+                None
             }
+        };
+        let engine = Engine {
+            kind,
+            side,
+            feeders,
         };
         if let Some(side) = engine.side() {
             measure::wait_sentinel(&side.waiter, &sentinel(), 1, SETUP_TIMEOUT)
@@ -247,37 +332,28 @@ impl Engine {
 
     /// Stops reading the slot and waits until its walsender is gone.
     pub async fn pause(&mut self, leader_client: &Client) -> Result<(), BenchError> {
-        match self {
-            Engine::Pgsieve { process, .. } => {
-                process.terminate(Duration::from_secs(30));
-            }
-            Engine::Native { side } => {
-                side.client
-                    .batch_execute(&format!("ALTER SUBSCRIPTION {NATIVE} DISABLE"))
-                    .await
-                    .ctx(|| "disabling the native subscription".into())?;
-            }
-            Engine::Pglogical { side } => {
-                side.client
-                    .batch_execute(&format!(
-                        "SELECT pglogical.alter_subscription_disable('{PGL_SUB}', true)"
-                    ))
-                    .await
-                    .ctx(|| "disabling the pglogical subscription".into())?;
-            }
-            Engine::Raw => return Ok(()),
+        let slots = self.slot_pattern();
+        let Engine { side, feeders, .. } = self;
+        match feeders {
+            Some(f) => f.pause(&follower_client(side), leader_client, slots).await,
+            None => Ok(()),
         }
-        measure::wait_slot_inactive(leader_client, self.slot_pattern(), Duration::from_secs(60))
-            .await?;
-        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<(), BenchError> {
+        let Engine { side, feeders, .. } = self;
+        match feeders {
+            Some(f) => f.resume(&follower_client(side)).await,
+            None => Ok(()),
+        }
     }
 
     fn slot_pattern(&self) -> &'static str {
-        match self {
-            Engine::Pgsieve { .. } => PGSIEVE_SLOT,
-            Engine::Native { .. } => NATIVE,
-            Engine::Pglogical { .. } => "pgl_%",
-            Engine::Raw => RAW_SLOT,
+        match self.kind {
+            EngineKind::Pgsieve => PGSIEVE_SLOT,
+            EngineKind::Native => NATIVE,
+            EngineKind::Pglogical => "pgl_%",
+            EngineKind::Raw => RAW_SLOT,
         }
     }
 
@@ -290,7 +366,7 @@ impl Engine {
         version: i32,
         timeout: Duration,
     ) -> Result<Measured, BenchError> {
-        if let Engine::Raw = self {
+        if self.kind == EngineKind::Raw {
             return raw_catch_up(leader, version, timeout).await;
         }
         let pattern = self.slot_pattern();
@@ -319,11 +395,13 @@ impl Engine {
             walsender_cpu_seconds: measure::cpu_seconds(walsender),
             ..Measured::default()
         };
-        if let Engine::Pgsieve { process, .. } = self
-            && let Some(pid) = process.pid()
-        {
-            m.pgsieve_cpu_seconds = measure::cpu_seconds(pid);
-            m.pgsieve_peak_rss_kib = measure::peak_rss_kib(pid);
+        if let Some(f) = &self.feeders {
+            m.pgsieve_cpu_seconds = f.pgsieve_cpu_seconds();
+            m.pgsieve_peak_rss_kib = f
+                .processes()
+                .iter()
+                .filter_map(|p| p.pid().and_then(measure::peak_rss_kib))
+                .max();
         }
         if let (Some(pm), Some(before), Some(side)) = (postmaster, before, self.side()) {
             let after = ChildCpu::snapshot(pm);
@@ -334,42 +412,28 @@ impl Engine {
         Ok(m)
     }
 
-    async fn resume(&mut self) -> Result<(), BenchError> {
-        match self {
-            Engine::Pgsieve { process, .. } => process.start_again()?,
-            Engine::Native { side } => side
-                .client
-                .batch_execute(&format!("ALTER SUBSCRIPTION {NATIVE} ENABLE"))
-                .await
-                .ctx(|| "enabling the native subscription".into())?,
-            Engine::Pglogical { side } => side
-                .client
-                .batch_execute(&format!(
-                    "SELECT pglogical.alter_subscription_enable('{PGL_SUB}', true)"
-                ))
-                .await
-                .ctx(|| "enabling the pglogical subscription".into())?,
-            Engine::Raw => {}
-        }
-        Ok(())
-    }
-
     /// Adds pgsieve's log tail (or the follower's server log) to an error.
     pub(crate) fn with_log(&self, e: BenchError) -> BenchError {
-        let log = match self {
-            Engine::Pgsieve { process, .. } => {
+        let process = self.feeders.as_ref().and_then(|f| f.processes().first());
+        let log = match (process, &self.side) {
+            (Some(process), _) => {
                 let log = process.log();
                 let lines: Vec<&str> = log.lines().collect();
                 lines[lines.len().saturating_sub(30)..].join("\n")
             }
-            Engine::Native { side } | Engine::Pglogical { side } => side.cluster.log_tail(30),
-            Engine::Raw => return e,
+            (None, Some(side)) => side.cluster.log_tail(30),
+            (None, None) => return e,
         };
         BenchError::Failed(format!(
             "{e}\n--- {} log tail ---\n{log}",
             self.kind().name()
         ))
     }
+}
+
+/// The follower's check session as the one-element list [`Feeders`] takes.
+fn follower_client(side: &Option<FollowerSide>) -> Vec<&Client> {
+    side.iter().map(|s| &s.client).collect()
 }
 
 /// `CREATE PUBLICATION` of Conjur's tables for native subscribers, `secrets`
@@ -408,25 +472,40 @@ async fn setup_native(
     Ok(())
 }
 
+/// The tables `is_resource_visible` reads: in the seed they must be
+/// `user_catalog_table`, or the walsender's historic snapshot does not see grants
+/// made after the slot (postgres-local.md §4, pitfall 2).
+pub const PGLOGICAL_CATALOG_TABLES: [&str; 3] = ["permissions", "role_memberships", "resources"];
+
 /// The pglogical provider on the leader (once per case, before any engine):
 /// extension, node, replication set with every Conjur table that has a key,
-/// secrets filtered by the seed's `is_resource_visible`. The tables that
-/// function reads become `user_catalog_table`, or the walsender's historic
-/// snapshot does not see them (postgres-local.md §4, pitfall 2).
+/// secrets filtered by the seed's `is_resource_visible`.
+///
+/// `catalog_tables`: make [`PGLOGICAL_CATALOG_TABLES`] `user_catalog_table`, as
+/// the seed must. PostgreSQL refuses `INSERT … ON CONFLICT` on such tables, which
+/// a policy load (W4) uses; W4 passes `false`, which changes no decision there
+/// because every grant its filter reads is committed before the slot exists.
 pub async fn setup_pglogical_provider(
     leader: &Cluster,
     leader_client: &Client,
+    catalog_tables: bool,
 ) -> Result<(), BenchError> {
     let group = replica_set().data_group();
     let mut sql = format!(
         "CREATE EXTENSION pglogical;
-         SELECT pglogical.create_node(node_name := 'leader', dsn := 'host=127.0.0.1 port={} dbname={CONJUR_DB} user=postgres');
-         ALTER TABLE permissions SET (user_catalog_table = true);
-         ALTER TABLE role_memberships SET (user_catalog_table = true);
-         ALTER TABLE resources SET (user_catalog_table = true);
-         SELECT pglogical.create_replication_set('{PGL_SET}');\n",
+         SELECT pglogical.create_node(node_name := 'leader', dsn := 'host=127.0.0.1 port={} dbname={CONJUR_DB} user=postgres');\n",
         leader.port()
     );
+    if catalog_tables {
+        for table in PGLOGICAL_CATALOG_TABLES {
+            sql.push_str(&format!(
+                "ALTER TABLE {table} SET (user_catalog_table = true);\n"
+            ));
+        }
+    }
+    sql.push_str(&format!(
+        "SELECT pglogical.create_replication_set('{PGL_SET}');\n"
+    ));
     for table in crate::setup::CONJUR_TABLES {
         if PGLOGICAL_SKIPS.contains(table) {
             continue;

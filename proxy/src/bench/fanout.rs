@@ -20,6 +20,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::engines::Feeders;
 use super::measure::{self, ChildCpu};
 use super::workloads::{self, Expected, Filter, Sizes, Workload, replica_set, sentinel};
 use super::{BenchError, start_clusters};
@@ -111,12 +112,6 @@ struct Follower {
     waiter: Client,
 }
 
-/// What feeds the followers of one run.
-enum Feeders {
-    Pgsieve(Vec<PgsieveProcess>),
-    Native,
-}
-
 async fn run_one(
     mode: FanoutMode,
     n: usize,
@@ -144,8 +139,10 @@ async fn run_one(
     }
     progress.set_message(format!("fan-out: {} x{n}: initial copy", mode.name()));
     let mut feeders = start_feeders(mode, &leader, &leader_client, &followers).await?;
+    let clients: Vec<&Client> = followers.iter().map(|f| &f.client).collect();
+    let slots = format!("{PREFIX}%");
     wait_everywhere(&followers, 1).await?;
-    pause(&mut feeders, &followers, &leader_client).await?;
+    feeders.pause(&clients, &leader_client, &slots).await?;
 
     progress.set_message(format!("fan-out: {} x{n}: writing", mode.name()));
     let backlog = Sizes {
@@ -162,19 +159,11 @@ async fn run_one(
     let own = vec![measure::backend_pid(&leader_client).await?];
     let before = ChildCpu::snapshot(postmaster);
     let started = Instant::now();
-    resume(&mut feeders, &followers).await?;
+    feeders.resume(&clients).await?;
     wait_everywhere(&followers, version).await?;
     let catch_up = started.elapsed();
     let leader_cpu = before.spent_until(&ChildCpu::snapshot(postmaster), &own);
-    let pgsieve_cpu = match &feeders {
-        Feeders::Pgsieve(processes) => Some(
-            processes
-                .iter()
-                .filter_map(|p| p.pid().and_then(measure::cpu_seconds))
-                .sum(),
-        ),
-        Feeders::Native => None,
-    };
+    let pgsieve_cpu = feeders.pgsieve_cpu_seconds();
     let mut problems = Vec::new();
     for (i, f) in followers.iter().enumerate() {
         let delivered = workloads::check_follower(&f.client, &expected, &[]).await?;
@@ -233,7 +222,7 @@ async fn start_feeders(
                     .await
                     .ctx(|| format!("creating subscription on f{i}"))?;
             }
-            Feeders::Native
+            Feeders::Native(format!("{PREFIX}native"))
         }
     })
 }
@@ -243,54 +232,6 @@ async fn wait_everywhere(followers: &[Follower], version: i32) -> Result<(), Ben
     let sentinel = sentinel();
     for f in followers {
         measure::wait_sentinel(&f.waiter, &sentinel, version, TIMEOUT).await?;
-    }
-    Ok(())
-}
-
-async fn pause(
-    feeders: &mut Feeders,
-    followers: &[Follower],
-    leader_client: &Client,
-) -> Result<(), BenchError> {
-    match feeders {
-        Feeders::Pgsieve(processes) => {
-            for p in processes {
-                p.terminate(Duration::from_secs(30));
-            }
-        }
-        Feeders::Native => {
-            for f in followers {
-                f.client
-                    .batch_execute(&format!("ALTER SUBSCRIPTION {PREFIX}native DISABLE"))
-                    .await
-                    .ctx(|| "disabling a fan-out subscription".into())?;
-            }
-        }
-    }
-    measure::wait_slot_inactive(
-        leader_client,
-        &format!("{PREFIX}%"),
-        Duration::from_secs(60),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn resume(feeders: &mut Feeders, followers: &[Follower]) -> Result<(), BenchError> {
-    match feeders {
-        Feeders::Pgsieve(processes) => {
-            for p in processes {
-                p.start_again()?;
-            }
-        }
-        Feeders::Native => {
-            for f in followers {
-                f.client
-                    .batch_execute(&format!("ALTER SUBSCRIPTION {PREFIX}native ENABLE"))
-                    .await
-                    .ctx(|| "enabling a fan-out subscription".into())?;
-            }
-        }
     }
     Ok(())
 }

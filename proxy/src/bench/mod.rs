@@ -109,14 +109,27 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     let bindir = crate::harness::cluster::bindir()?;
     let pglogical = engines::pglogical_available(bindir);
     let mut notes = Vec::new();
+    let (sizes, overrides) = options
+        .sizes
+        .with_env_overrides()
+        .map_err(BenchError::Failed)?;
+    if !overrides.is_empty() {
+        notes.push(format!(
+            "sizes set by the environment: {}.",
+            overrides.join(", ")
+        ));
+    }
     let mut engines = vec![EngineKind::Pgsieve, EngineKind::Native];
     if pglogical {
         engines.push(EngineKind::Pglogical);
         notes.push(
             "pglogical's leader tables `permissions`, `role_memberships` and `resources` are \
-             `user_catalog_table` (required for `is_resource_visible` to see current grants); \
-             the leader is shared by every engine of a case, so all read that WAL. `policy_log` \
-             (no primary key) is not in pglogical's replication set."
+             `user_catalog_table` in W1 and W2 (required for `is_resource_visible` to see grants \
+             made after the slot); the leader is shared by every engine of a case, so all read \
+             that WAL. Not in W4: PostgreSQL refuses the policy load's `INSERT … ON CONFLICT` on \
+             a catalog table (so would the seed's leader); every grant W4's filter reads precedes \
+             the slot, so no decision changes. `policy_log` (no primary key) is not in \
+             pglogical's replication set."
                 .to_owned(),
         );
     } else {
@@ -147,7 +160,7 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     for workload in Workload::ALL.into_iter().filter(|w| selected(*w)) {
         if workload == Workload::W3 {
             progress.set_message("W3: grant/revoke latency".to_string());
-            let l = run_latency(&options.sizes, &progress).await?;
+            let l = run_latency(&sizes, &progress).await?;
             progress.println(format!(
                 "W3: grant p50 {:.1} ms p99 {:.1} ms; revoke p50 {:.1} ms p99 {:.1} ms",
                 l.grant_p50_ms, l.grant_p99_ms, l.revoke_p50_ms, l.revoke_p99_ms
@@ -156,7 +169,7 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             continue;
         }
         for filter in [Filter::All, Filter::Half] {
-            let case = run_case(workload, filter, &options.sizes, &engines, &progress).await?;
+            let case = run_case(workload, filter, &sizes, &engines, &progress).await?;
             for e in &case.engines {
                 progress.println(format!(
                     "{:?} {}: {:<10} {}",
@@ -178,12 +191,12 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             cases.push(case);
         }
     }
-    let fanout = fanout::run(&options.sizes, &options.fanout, &progress).await?;
+    let fanout = fanout::run(&sizes, &options.fanout, &progress).await?;
     progress.finish_and_clear();
     let report = Report {
         date: today(),
         quick: options.quick,
-        sizes: options.sizes,
+        sizes,
         machine: machine(),
         cases,
         latency,
@@ -256,7 +269,8 @@ async fn run_case(
     prepare_leader(&leader_client, DEFAULT_PUBLICATION).await?;
     workloads::populate(&mut leader_client, workload, filter, sizes).await?;
     if with_pglogical {
-        engines::setup_pglogical_provider(&leader, &leader_client).await?;
+        engines::setup_pglogical_provider(&leader, &leader_client, workload != Workload::W4)
+            .await?;
     }
     let mut engines = Vec::new();
     for kind in kinds {
@@ -267,7 +281,10 @@ async fn run_case(
             None
         };
         let mut engine = Engine::setup(*kind, &leader, &leader_client, follower, filter).await?;
-        engine.pause(&leader_client).await?;
+        engine
+            .pause(&leader_client)
+            .await
+            .map_err(|e| with_leader_log(e, &leader))?;
         engines.push(engine);
     }
     say("writing the workload");
@@ -284,7 +301,8 @@ async fn run_case(
         say(&format!("{}: catching up", kind.name()));
         let measured = engine
             .catch_up(&leader, &leader_client, version, CATCH_UP_TIMEOUT)
-            .await?;
+            .await
+            .map_err(|e| with_leader_log(e, &leader))?;
         let (expected_rows, delivered) = match engine.side() {
             Some(side) => {
                 let skip: &[&str] = if kind == EngineKind::Pglogical {
@@ -340,6 +358,15 @@ async fn run_case(
         write_seconds,
         engines: results,
     })
+}
+
+/// Adds the leader's log tail to an error: a session that closes under the bench
+/// is explained there (crash, restart), and the clusters are gone afterwards.
+fn with_leader_log(e: BenchError, leader: &Cluster) -> BenchError {
+    BenchError::Failed(format!(
+        "{e}\n--- leader log tail ---\n{}",
+        leader.log_tail(30)
+    ))
 }
 
 async fn count_secrets(c: &tokio_postgres::Client) -> Result<i64, BenchError> {

@@ -118,6 +118,33 @@ impl Sizes {
         }
     }
 
+    /// These sizes with W1, W2 and W4 replaced by `PGSIEVE_BENCH_W1_TRANSACTIONS`,
+    /// `PGSIEVE_BENCH_W2_ROWS` and `PGSIEVE_BENCH_W4_ROWS` where set: a peer that
+    /// is orders of magnitude slower (pglogical's row filter on W2) can make a
+    /// full run take hours. Returns the sizes and one line per override.
+    pub fn with_env_overrides(self) -> Result<(Sizes, Vec<String>), String> {
+        let mut sizes = self;
+        let mut changed = Vec::new();
+        for (var, field) in [
+            ("PGSIEVE_BENCH_W1_TRANSACTIONS", &mut sizes.w1_transactions),
+            ("PGSIEVE_BENCH_W2_ROWS", &mut sizes.w2_rows),
+            ("PGSIEVE_BENCH_W4_ROWS", &mut sizes.w4_rows),
+        ] {
+            let Ok(value) = std::env::var(var) else {
+                continue;
+            };
+            let n: u64 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{var}={value}: want a positive number"))?;
+            changed.push(format!("{var}={n} (instead of {})", *field));
+            *field = n;
+        }
+        Ok((sizes, changed))
+    }
+
     /// `--quick`: a tenth, for CI.
     pub fn quick() -> Sizes {
         Sizes {
