@@ -51,6 +51,9 @@ struct CrashRun {
     workload: Duration,
     converge: Duration,
     watch: FlushReport,
+    /// Restarts with upserts after a plain INSERT met a row a backfill had
+    /// copied before a kill (the sink's bound on that lives in memory).
+    upsert_resumes: usize,
 }
 
 /// Runs `mix` on the leader while SIGKILLing and restarting `pgsieve` at seeded
@@ -118,6 +121,7 @@ async fn crash_run(
         workload: workload_time,
         converge,
         watch,
+        upsert_resumes: pgsieve.log().matches("resuming with upserts").count(),
     }
 }
 
@@ -143,14 +147,16 @@ fn assert_watch_clean(run: &CrashRun, pgsieve: &PgsieveProcess) {
 fn report(name: &str, run: &CrashRun) {
     println!(
         "{name}: {} kills over {} rounds in {:.1?}, converged {:.1?} after; \
-         flush watch: {} samples, {} unavailable, max confirmed {:?}, 0 violations",
+         flush watch: {} samples, {} unavailable, max confirmed {:?}, 0 violations; \
+         {} restarts with upserts after a duplicate key",
         run.kills,
         run.rounds,
         run.workload,
         run.converge,
         run.watch.samples,
         run.watch.unavailable,
-        run.watch.max_flush.map(|l| l.to_string())
+        run.watch.max_flush.map(|l| l.to_string()),
+        run.upsert_resumes
     );
 }
 

@@ -454,6 +454,33 @@ impl Sink {
 
     /// Applies one event.
     pub async fn handle(&mut self, event: &TxnEvent) -> Result<(), ApplyError> {
+        match self.handle_event(event).await {
+            Err(e) => Err(self.root_cause(e).await),
+            ok => ok,
+        }
+    }
+
+    /// A statement sent outside the pipeline (a lazy prepare, a re-sync
+    /// query) fails with "current transaction is aborted" when a pipelined
+    /// statement failed first and its answer is not read yet: that earlier
+    /// failure is the one to report (and to act on: a duplicate key means
+    /// "resume with upserts", an aborted transaction means nothing).
+    async fn root_cause(&mut self, error: ApplyError) -> ApplyError {
+        let aborted = matches!(
+            &error,
+            ApplyError::Statement { source, .. }
+                if source.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+        );
+        if !aborted {
+            return error;
+        }
+        match self.pipeline.drain().await {
+            Err(first) => self.fail(first),
+            Ok(()) => error,
+        }
+    }
+
+    async fn handle_event(&mut self, event: &TxnEvent) -> Result<(), ApplyError> {
         if self.skipping {
             if let TxnEvent::Commit(_) = event {
                 self.skipping = false;
@@ -853,6 +880,13 @@ impl Sink {
     /// Commits the open follower transaction at a leader-transaction
     /// boundary, recording the last applied end LSN as origin progress.
     pub async fn commit_group(&mut self) -> Result<(), ApplyError> {
+        match self.commit_open_group().await {
+            Err(e) => Err(self.root_cause(e).await),
+            ok => ok,
+        }
+    }
+
+    async fn commit_open_group(&mut self) -> Result<(), ApplyError> {
         let Some(group) = self.group.take() else {
             return Ok(());
         };
