@@ -18,8 +18,8 @@ use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::{
-    FlushReport, FlushWatch, LeakWatch, LeakWatched, WatchedFollower, current_wal_insert_lsn,
-    never_granted_rows, origin_progress, slot_confirmed_flush, wait_slot_flush_at_least,
+    FlushReport, FlushWatch, LeakWatch, LeakWatched, current_wal_insert_lsn, never_granted_rows,
+    origin_progress, slot_confirmed_flush, wait_slot_flush_at_least,
 };
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::{
@@ -187,15 +187,7 @@ async fn full_follower_converges_after_sigkill_at_random_points() {
     let mut pgsieve = ok(PgsieveProcess::start(&config));
     wait_caught_up(&leader, &followers[0], &origin, &pgsieve, CONVERGE).await;
 
-    let watch = FlushWatch::spawn(
-        topology.leader.url(CONJUR_DB),
-        slot.to_owned(),
-        vec![WatchedFollower {
-            url: topology.followers[0].url(CONJUR_DB),
-            origin: origin.clone(),
-        }],
-        WATCH_EVERY,
-    );
+    let watch = topology.flush_watch(slot, &origin, WATCH_EVERY);
     let big = PolicySpec::new("bulk", 250, 100, 0).with_seed(3);
     let mix = Mix::new(21, spec, Vec::new(), Some(big));
     let run = crash_run(
@@ -276,19 +268,7 @@ async fn replica_set_followers_converge_after_sigkill_at_random_points() {
     for f in &followers {
         wait_caught_up(&leader, f, &origin, &pgsieve, CONVERGE).await;
     }
-    let watch = FlushWatch::spawn(
-        topology.leader.url(CONJUR_DB),
-        slot.to_owned(),
-        topology
-            .followers
-            .iter()
-            .map(|f| WatchedFollower {
-                url: f.url(CONJUR_DB),
-                origin: origin.clone(),
-            })
-            .collect(),
-        WATCH_EVERY,
-    );
+    let watch = topology.flush_watch(slot, &origin, WATCH_EVERY);
     // The 100 k-row policy load streams through the filter too (its resources,
     // permissions and memberships feed the model); the final comparison covers it.
     let big = PolicySpec::new("bulk", 250, 100, 0).with_seed(5);
@@ -747,15 +727,7 @@ async fn reconnects_after_follower_and_leader_restarts() {
     let follower = ok(topology.followers[0].connect(CONJUR_DB).await);
     wait_caught_up(&leader, &follower, &origin, &pgsieve, CONVERGE).await;
     drop(follower);
-    let watch = FlushWatch::spawn(
-        topology.leader.url(CONJUR_DB),
-        slot.to_owned(),
-        vec![WatchedFollower {
-            url: topology.followers[0].url(CONJUR_DB),
-            origin: origin.clone(),
-        }],
-        WATCH_EVERY,
-    );
+    let watch = topology.flush_watch(slot, &origin, WATCH_EVERY);
     // A streamed policy load (≈ 10 k rows with its trigger rows), so the
     // follower goes down while pgsieve is applying it.
     let medium = PolicySpec::new("bulk", 20, 50, 0).with_seed(4);

@@ -12,7 +12,7 @@ use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::{PolicySpec, Population};
-use pgsieve::harness::invariants::{FlushWatch, WatchedFollower, origin_progress};
+use pgsieve::harness::invariants::{FlushWatch, origin_progress};
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::{
@@ -72,19 +72,7 @@ impl Hub {
         for follower in &followers {
             ok(wait_initial_copy(follower, &origin(), PROBE).await);
         }
-        let watch = FlushWatch::spawn(
-            topology.leader.url(CONJUR_DB),
-            SLOT.to_owned(),
-            topology
-                .followers
-                .iter()
-                .map(|f| WatchedFollower {
-                    url: f.url(CONJUR_DB),
-                    origin: origin(),
-                })
-                .collect(),
-            Duration::from_millis(20),
-        );
+        let watch = topology.flush_watch(SLOT, &origin(), Duration::from_millis(20));
         Hub {
             topology,
             leader,

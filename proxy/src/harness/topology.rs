@@ -4,9 +4,12 @@ with the Conjur schema, and the leader's publication prepared the way `pgsieve s
 does it. Tests and the demo start here instead of repeating the steps.
 */
 
+use std::time::Duration;
+
 use super::cluster::{CONJUR_DB, Cluster, ClusterSpec};
 use super::conjur::{prepare_conjur, prepare_leader};
 use super::error::HarnessError;
+use super::invariants::{FlushWatch, WatchedFollower};
 
 /// The publication name used by [`Topology::prepare_conjur`].
 pub const DEFAULT_PUBLICATION: &str = "pgsieve";
@@ -48,6 +51,23 @@ impl Topology {
             followers.push(prepare_conjur(f).await?);
         }
         Ok((leader, followers))
+    }
+
+    /// A [`FlushWatch`] of slot `slot` over every follower, each applying
+    /// with replication origin `origin`, sampled every `interval`.
+    pub fn flush_watch(&self, slot: &str, origin: &str, interval: Duration) -> FlushWatch {
+        FlushWatch::spawn(
+            self.leader.url(CONJUR_DB),
+            slot.to_owned(),
+            self.followers
+                .iter()
+                .map(|f| WatchedFollower {
+                    url: f.url(CONJUR_DB),
+                    origin: origin.to_owned(),
+                })
+                .collect(),
+            interval,
+        )
     }
 
     /// Superuser connection to the leader's `conjur` database.

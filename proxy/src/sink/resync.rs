@@ -227,16 +227,20 @@ impl Resync {
         )
         .await?;
         let any = self.set.rule == Rule::Any;
-        let visible =
-            wait_visible(sink.leader(), xid)
-                .await
-                .map_err(|source| ApplyError::Statement {
-                    follower: sink.follower_name().to_owned(),
-                    commit_lsn,
-                    table: Arc::from(SECRETS),
-                    op: "resync wait for the leader commit",
-                    source,
-                })?;
+        let follower = sink.follower_name().to_owned();
+        let leader_err = |op: &'static str| {
+            let follower = follower.clone();
+            move |source| ApplyError::Statement {
+                follower,
+                commit_lsn,
+                table: Arc::from(SECRETS),
+                op,
+                source,
+            }
+        };
+        let visible = wait_visible(sink.leader(), xid)
+            .await
+            .map_err(leader_err("resync wait for the leader commit"))?;
         if !visible {
             return Err(ApplyError::Invalid {
                 follower: sink.follower_name().to_owned(),
@@ -254,13 +258,7 @@ impl Resync {
                 &[&self.set.data_group, &wanted, &any, &self.always_like],
             )
             .await
-            .map_err(|source| ApplyError::Statement {
-                follower: sink.follower_name().to_owned(),
-                commit_lsn,
-                table: Arc::from(SECRETS),
-                op: "resync read from leader",
-                source,
-            })?;
+            .map_err(leader_err("resync read from leader"))?;
         // Every transaction the query's snapshot saw committed before the
         // WAL position read after it: until the stream passes it, inserts
         // may meet rows just copied.
@@ -268,13 +266,7 @@ impl Resync {
             .leader()
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
-            .map_err(|source| ApplyError::Statement {
-                follower: sink.follower_name().to_owned(),
-                commit_lsn,
-                table: Arc::from(SECRETS),
-                op: "resync read from leader",
-                source,
-            })?
+            .map_err(leader_err("resync read from leader"))?
             .get(0);
         let after: Lsn = after.parse().map_err(|_| ApplyError::Invalid {
             follower: sink.follower_name().to_owned(),
