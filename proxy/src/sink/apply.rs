@@ -120,13 +120,19 @@ impl ApplyError {
         if self.duplicate_key_at().is_some() {
             return true;
         }
+        self.sql_error()
+            .is_some_and(crate::source::is_transient_sql_error)
+    }
+
+    /// The follower's database error behind this failure, if there is one.
+    fn sql_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
             ApplyError::Statement { source, .. }
             | ApplyError::Schema {
                 source: SchemaMismatch::Query { source, .. },
                 ..
-            } => crate::source::is_transient_sql_error(source),
-            _ => false,
+            } => Some(source),
+            _ => None,
         }
     }
 }
@@ -460,17 +466,15 @@ impl Sink {
         }
     }
 
-    /// A statement sent outside the pipeline (a lazy prepare, a re-sync
-    /// query) fails with "current transaction is aborted" when a pipelined
+    /// A statement sent outside the pipeline (a lazy prepare, a catalog
+    /// read for a new relation, a re-sync query) fails with "current transaction is aborted" when a pipelined
     /// statement failed first and its answer is not read yet: that earlier
     /// failure is the one to report (and to act on: a duplicate key means
     /// "resume with upserts", an aborted transaction means nothing).
     async fn root_cause(&mut self, error: ApplyError) -> ApplyError {
-        let aborted = matches!(
-            &error,
-            ApplyError::Statement { source, .. }
-                if source.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
-        );
+        let aborted = error.sql_error().is_some_and(|e| {
+            e.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+        });
         if !aborted {
             return error;
         }
