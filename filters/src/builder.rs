@@ -39,16 +39,16 @@ impl ModelBuilder {
         Ok(())
     }
 
-    /// A `permissions` row (ignored unless the resource is a variable).
+    /// A `permissions` row (ignored for a `public_key`).
     pub fn add_permission(
         &mut self,
         resource_id: &str,
         role_id: &str,
         privilege: &str,
     ) -> Result<(), FilterError> {
-        let is_var = ResourceId::parse_str(resource_id)?.is_variable();
+        let filtered = ResourceId::parse_str(resource_id)?.is_filtered();
         let m = &mut self.model;
-        if is_var {
+        if filtered {
             let var = m.intern_id(resource_id)?;
             let role = m.intern_id(role_id)?;
             let p = m.privileges.intern(privilege);
@@ -59,11 +59,11 @@ impl ModelBuilder {
         Ok(())
     }
 
-    /// A `resources` row (ignored unless it is a variable).
+    /// A `resources` row (ignored for a `public_key`).
     pub fn add_resource(&mut self, resource_id: &str, owner_id: &str) -> Result<(), FilterError> {
-        let is_var = ResourceId::parse_str(resource_id)?.is_variable();
+        let filtered = ResourceId::parse_str(resource_id)?.is_filtered();
         let m = &mut self.model;
-        if is_var {
+        if filtered {
             let var = m.intern_id(resource_id)?;
             let owner = m.intern_id(owner_id)?;
             m.set_owner(var, owner);

@@ -29,7 +29,7 @@ pub enum Reason {
     NoSuchSet,
     /// Not an `account:kind:identifier` id: forwarded nowhere.
     BadId,
-    /// Kind other than `variable`: forwarded to every set.
+    /// A `public_key` (public in Conjur's API): forwarded to every set.
     NotFiltered {
         /// The id's kind.
         kind: String,
@@ -39,7 +39,7 @@ pub enum Reason {
         /// The first matching pattern.
         pattern: String,
     },
-    /// A variable without a `resources` row (not yet inserted, or deleted).
+    /// A resource without a `resources` row (not yet inserted, or deleted): fail closed.
     UnknownVariable,
     /// In: `chain[0]` is the data group, each next role is one the previous is a member
     /// of, and the last one owns the variable or holds `privilege` on it.
@@ -85,7 +85,7 @@ impl Model {
         let Ok(id) = ResourceId::parse_str(resource_id) else {
             return Reason::BadId;
         };
-        if !id.is_variable() {
+        if !id.is_filtered() {
             return Reason::NotFiltered {
                 kind: id.kind.to_owned(),
             };
@@ -176,7 +176,7 @@ impl fmt::Display for Explanation {
                 write!(f, "kind {kind} is not filtered, forwarded to every set")
             }
             Reason::AlwaysPattern { pattern } => write!(f, "matches always pattern {pattern}"),
-            Reason::UnknownVariable => write!(f, "no resources row for this variable"),
+            Reason::UnknownVariable => write!(f, "no resources row for this resource (fail closed)"),
             Reason::Granted { chain, privilege } => {
                 for (n, role) in chain.iter().enumerate() {
                     if n == 0 {

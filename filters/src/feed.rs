@@ -10,8 +10,7 @@
 //! or a delete of an absent row changes nothing). Rows that name roles the model has never
 //! seen simply create them: the model has no `roles` table, because the WAL carries an
 //! explicit DELETE for every membership, permission and owned resource of a deleted role.
-//! Permissions and resources of kinds other than `variable` are ignored (their secrets
-//! are never filtered).
+//! Permissions and resources of `public_key`s are ignored (their secrets go everywhere).
 
 use crate::graph::EdgeChange;
 use crate::ids::ResourceId;
@@ -145,9 +144,9 @@ impl Model {
                 role_id,
                 privilege,
             } => {
-                let is_var = ResourceId::parse_str(resource_id)?.is_variable();
+                let filtered = ResourceId::parse_str(resource_id)?.is_filtered();
                 ResourceId::parse_str(role_id)?;
-                if is_var {
+                if filtered {
                     let var = self.intern_id(resource_id)?;
                     let role = self.intern_id(role_id)?;
                     let p = self.privileges.intern(privilege);
@@ -161,9 +160,9 @@ impl Model {
                 role_id,
                 privilege,
             } => {
-                let is_var = ResourceId::parse_str(resource_id)?.is_variable();
+                let filtered = ResourceId::parse_str(resource_id)?.is_filtered();
                 ResourceId::parse_str(role_id)?;
-                if is_var
+                if filtered
                     && let (Some(var), Some(role), Some(p)) = (
                         self.lookup(resource_id),
                         self.lookup(role_id),
@@ -178,9 +177,9 @@ impl Model {
                 resource_id,
                 owner_id,
             } => {
-                let is_var = ResourceId::parse_str(resource_id)?.is_variable();
+                let filtered = ResourceId::parse_str(resource_id)?.is_filtered();
                 ResourceId::parse_str(owner_id)?;
-                if is_var {
+                if filtered {
                     let var = self.intern_id(resource_id)?;
                     let owner = self.intern_id(owner_id)?;
                     if self.set_owner(var, owner) {
@@ -189,8 +188,8 @@ impl Model {
                 }
             }
             Change::ResourceDelete { resource_id } => {
-                let is_var = ResourceId::parse_str(resource_id)?.is_variable();
-                if is_var
+                let filtered = ResourceId::parse_str(resource_id)?.is_filtered();
+                if filtered
                     && let Some(var) = self.lookup(resource_id)
                     && self.set_owner(var, NO_SYM)
                 {

@@ -6,8 +6,13 @@
 use crate::FilterError;
 use std::fmt;
 
-/// The kind whose `secrets` rows are filtered per replica set.
+/// Conjur's kind for variables, the usual holders of secrets.
 pub const VARIABLE_KIND: &str = "variable";
+
+/// The one kind whose `secrets` rows go to every follower: public keys are public in
+/// Conjur's API. Secrets of every other kind (variables, webservices, hosts, …; kinds
+/// compared case-sensitively) follow the replica-set rule.
+pub const PUBLIC_KEY_KIND: &str = "public_key";
 
 /// A borrowed view of a Conjur role or resource id, so hot paths never allocate to read a kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,9 +48,15 @@ impl<'a> ResourceId<'a> {
         })
     }
 
-    /// True for the one kind whose secrets are filtered.
+    /// True for kind `variable` (exactly; `Variable` is another kind).
     pub fn is_variable(&self) -> bool {
         self.kind == VARIABLE_KIND
+    }
+
+    /// True when this resource's secrets follow the replica-set rule: every kind but
+    /// [`PUBLIC_KEY_KIND`].
+    pub fn is_filtered(&self) -> bool {
+        self.kind != PUBLIC_KEY_KIND
     }
 }
 

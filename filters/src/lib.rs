@@ -10,7 +10,10 @@
 //! `resources` row is *in* S iff some role in `closure(G_S)` is `owner_id(V)` or holds
 //! `execute` on V ([`Rule::Execute`], Conjur's `is_role_allowed_to`) or any privilege on V
 //! ([`Rule::Any`], the seed's `is_resource_visible`), or V matches one of S's `always`
-//! patterns. Ids of kinds other than `variable` (e.g. `public_key`) go to every set.
+//! patterns. The same rule holds for a resource of any kind (Conjur stores secrets on
+//! webservices, hosts, …; fetching one needs `execute`); only `public_key` ids go to every
+//! set. An id the model has never seen is in no set but those of its `always` patterns
+//! (fail closed).
 //!
 //! # Overview
 //!
@@ -72,6 +75,6 @@ pub use effects::{Effects, Flip};
 pub use error::FilterError;
 pub use explain::{Explanation, Reason};
 pub use feed::{Change, ModelTable};
-pub use ids::{ResourceId, VARIABLE_KIND, data_group_id};
+pub use ids::{PUBLIC_KEY_KIND, ResourceId, VARIABLE_KIND, data_group_id};
 pub use model::Model;
 pub use replica_set::{MAX_SETS, ReplicaSetSpec, Rule, SetMask};

@@ -7,10 +7,10 @@ use crate::model::Model;
 use crate::privileges::EXECUTE;
 
 impl Model {
-    /// The mask a variable should have now (for other kinds: every set).
+    /// The mask a resource should have now (for a `public_key`: every set).
     pub(crate) fn compute_mask(&self, var: Sym) -> u64 {
         let i = var as usize;
-        if !self.is_variable.get(i).copied().unwrap_or(false) {
+        if !self.filtered.get(i).copied().unwrap_or(false) {
             return self.all;
         }
         let mut m = self.always.get(&var).copied().unwrap_or(0);

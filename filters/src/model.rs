@@ -3,8 +3,8 @@
 //! Every id (role or variable) gets a dense [`Sym`]; its set mask is the interner's payload,
 //! stored beside its name, so a decision is one hash lookup. Other per-id state sits in
 //! parallel vectors indexed by the handle. The mask of
-//! a variable is kept current by `feed` (see `membership.rs`); the mask of any other kind
-//! is all configured sets, fixed when the id is interned.
+//! filtered resource (any kind but `public_key`) is kept current by `feed` (see
+//! `membership.rs`); the mask of a public key is all configured sets, fixed when interned.
 
 use crate::FilterError;
 use crate::graph::RoleAdj;
@@ -36,8 +36,8 @@ pub struct Model {
     pub(crate) owner: Vec<Sym>,
     /// Per sym: `permissions` rows on the variable.
     pub(crate) perms: Vec<Box<[Perm]>>,
-    /// Per sym: whether the id's kind is `variable`.
-    pub(crate) is_variable: Vec<bool>,
+    /// Per sym: whether the id's secrets follow the rule (every kind but `public_key`).
+    pub(crate) filtered: Vec<bool>,
     /// Always-pattern bits of the variables that match any (most match none).
     pub(crate) always: FxHashMap<Sym, u64>,
     /// Adjacency of every id that appears as a role.
@@ -79,7 +79,7 @@ impl Model {
             closure_bits: Vec::new(),
             owner: Vec::new(),
             perms: Vec::new(),
-            is_variable: Vec::new(),
+            filtered: Vec::new(),
             always: FxHashMap::default(),
             roles: FxHashMap::default(),
             privileges: Privileges::default(),
@@ -106,7 +106,7 @@ impl Model {
         &self.sets
     }
 
-    /// The mask of every configured set (what rows of non-variable kinds get).
+    /// The mask of every configured set (what `public_key` rows get).
     pub fn all_sets(&self) -> SetMask {
         SetMask(self.all)
     }
@@ -114,8 +114,9 @@ impl Model {
     /// The replica sets that may hold `secrets` rows of `resource_id`.
     ///
     /// Hot path: one hash lookup on the borrowed bytes, no allocation. For an id the model
-    /// has never seen: kind other than `variable` → every set; a variable → only the sets whose
-    /// `always` patterns match (it has no owner or grants yet); not an id at all → no set.
+    /// has never seen (fail closed): a `public_key` → every set; any other kind → only the
+    /// sets whose `always` patterns match (it has no owner or grants yet); not an id at all →
+    /// no set.
     #[inline]
     pub fn decide(&self, resource_id: &[u8]) -> SetMask {
         match self.names.get(resource_id) {
@@ -128,19 +129,18 @@ impl Model {
     fn decide_unknown(&self, resource_id: &[u8]) -> SetMask {
         match kind_of(resource_id) {
             None => SetMask::NONE,
-            Some(kind) if kind == crate::ids::VARIABLE_KIND.as_bytes() => {
-                SetMask(self.always_bits(resource_id))
-            }
-            Some(_) => SetMask(self.all),
+            Some(kind) if kind == crate::ids::PUBLIC_KEY_KIND.as_bytes() => SetMask(self.all),
+            Some(_) => SetMask(self.always_bits(resource_id)),
         }
     }
 
-    /// Known variables (with a `resources` row) in set `set`, in interning order. For tests
-    /// and the tap; walks every id.
-    pub fn variables_in(&self, set: usize) -> impl Iterator<Item = &str> {
+    /// Known filtered resources (any kind but `public_key`, with a `resources` row) in set
+    /// `set`, in interning order. For reconciling a follower, tests and the tap; walks
+    /// every id.
+    pub fn resources_in(&self, set: usize) -> impl Iterator<Item = &str> {
         let bit = SetMask::single(set).0;
         (0..self.names.len()).filter_map(move |i| {
-            let in_set = self.is_variable.get(i).copied().unwrap_or(false)
+            let in_set = self.filtered.get(i).copied().unwrap_or(false)
                 && self.owner.get(i).is_some_and(|&o| o != NO_SYM)
                 && self.names.payload(i as Sym) & bit != 0;
             // `i < names.len()` fits a Sym: the interner hands out u32 handles.
@@ -171,22 +171,22 @@ impl Model {
         if let Some((s, _)) = self.names.get(id.as_bytes()) {
             return Ok(s);
         }
-        let is_var = ResourceId::parse_str(id)?.is_variable();
-        let always = if is_var {
+        let filtered = ResourceId::parse_str(id)?.is_filtered();
+        let always = if filtered {
             self.always_bits(id.as_bytes())
         } else {
             0
         };
         let (s, _) = self
             .names
-            .intern(id, if is_var { always } else { self.all });
+            .intern(id, if filtered { always } else { self.all });
         if always != 0 {
             self.always.insert(s, always);
         }
         self.closure_bits.push(0);
         self.owner.push(NO_SYM);
         self.perms.push(Box::default());
-        self.is_variable.push(is_var);
+        self.filtered.push(filtered);
         Ok(s)
     }
 

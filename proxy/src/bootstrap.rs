@@ -1,10 +1,15 @@
-//! Building the Conjur model from whole tables: the leader's, in the slot's
-//! exported snapshot (initial copy), or the follower's own (restart: its
-//! model tables are replicated in full, so they describe the model at
-//! exactly the LSN the follower has applied).
+//! Building the Conjur model from the leader's tables, always: at a snapshot
+//! tied to a stream position (a slot's exported snapshot). A follower's own
+//! tables are never read to decide anything: a row written there by anyone
+//! must not widen what it receives (ARCHITECTURE.md, "Trust model").
+
+use std::sync::Arc;
 
 use pgsieve_filters::{FilterError, Model, ReplicaSetSpec};
+use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
+
+use crate::source::{ReplicationConnection, SnapshotAction, SourceConfig, SourceError};
 
 /// Why the model could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +28,7 @@ pub enum BootstrapError {
 }
 
 /// Reads `role_memberships`, `permissions` and `resources` through `client`
-/// (in whatever transaction/snapshot the caller opened) into a model.
+/// (a leader session inside the snapshot the caller imported) into a model.
 pub async fn model_from_tables(
     client: &Client,
     sets: Vec<ReplicaSetSpec>,
@@ -37,7 +42,7 @@ pub async fn model_from_tables(
     };
     for row in query(
         "role_memberships",
-        "SELECT role_id, member_id, ownership FROM role_memberships",
+        "SELECT role_id, member_id, ownership FROM public.role_memberships",
     )
     .await?
     {
@@ -45,14 +50,110 @@ pub async fn model_from_tables(
     }
     for row in query(
         "permissions",
-        "SELECT resource_id, role_id, privilege FROM permissions",
+        "SELECT resource_id, role_id, privilege FROM public.permissions",
     )
     .await?
     {
         builder.add_permission(row.get(0), row.get(1), row.get(2))?;
     }
-    for row in query("resources", "SELECT resource_id, owner_id FROM resources").await? {
+    for row in query(
+        "resources",
+        "SELECT resource_id, owner_id FROM public.resources",
+    )
+    .await?
+    {
         builder.add_resource(row.get(0), row.get(1))?;
     }
     Ok(builder.build())
+}
+
+/// A leader SQL session inside a snapshot that a temporary logical slot
+/// exported: the leader's tables exactly as of the slot's consistent point.
+///
+/// The temporary slot lives as long as this value (its replication
+/// connection); every transaction that committed before [`LeaderSnapshot::at`]
+/// is in the snapshot, and no later one. Build the model in it, reconcile the
+/// followers against it, then [`LeaderSnapshot::finish`].
+pub struct LeaderSnapshot {
+    /// Holds the temporary slot (and so the exported snapshot) alive.
+    _slot: ReplicationConnection,
+    client: Arc<Client>,
+    at: Lsn,
+}
+
+/// Why a leader snapshot could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The replication connection failed.
+    #[error("opening a leader snapshot: {0}")]
+    Source(#[from] SourceError),
+    /// The SQL session could not import it.
+    #[error("importing the leader snapshot: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// The leader exported none.
+    #[error("the leader exported no snapshot for the temporary slot")]
+    NoSnapshot,
+}
+
+impl LeaderSnapshot {
+    /// Creates temporary slot `name` on a new replication connection and
+    /// imports its snapshot into `client` (`BEGIN ISOLATION LEVEL REPEATABLE
+    /// READ READ ONLY`). `client` must be idle.
+    pub async fn open(
+        source: &SourceConfig,
+        name: &str,
+        client: Arc<Client>,
+    ) -> Result<Self, SnapshotError> {
+        let mut slot = ReplicationConnection::connect(source).await?;
+        let created = slot.create_slot(name, true, SnapshotAction::Export).await?;
+        let snapshot = created.snapshot_name.ok_or(SnapshotError::NoSnapshot)?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+            ))
+            .await?;
+        Ok(Self {
+            _slot: slot,
+            client,
+            at: created.consistent_point,
+        })
+    }
+
+    /// The stream position of the snapshot: transactions committed before it
+    /// are in it.
+    pub fn at(&self) -> Lsn {
+        self.at
+    }
+
+    /// The session inside the snapshot.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Ends the snapshot transaction and drops the temporary slot.
+    pub async fn finish(self) -> Result<(), SnapshotError> {
+        self.client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+}
+
+/// Name of the temporary slot that gives process `pid` of production slot
+/// `slot` its session-start snapshot (unique per slot and process; ≤ 63
+/// bytes, PostgreSQL's limit).
+pub fn snapshot_slot_name(slot: &str, pid: u32) -> String {
+    let suffix = format!("_snap_{pid}");
+    let keep = 63usize.saturating_sub(suffix.len()).min(slot.len());
+    format!("{}{suffix}", &slot[..keep])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_slot_name;
+
+    #[test]
+    fn snapshot_slot_names_fit_postgres() {
+        assert_eq!(snapshot_slot_name("pgsieve", 42), "pgsieve_snap_42");
+        let long = "s".repeat(63);
+        assert_eq!(snapshot_slot_name(&long, 4_000_000).len(), 63);
+    }
 }

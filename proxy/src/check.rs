@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::{Config, FollowerConfig};
+use crate::conjur::PublicationFacts;
 use crate::setup::CONJUR_TABLES;
 use crate::source::{ReplicationConnection, SourceConfig};
 
@@ -194,17 +195,6 @@ pub fn check_role(role: &RoleFacts) -> CheckResult {
             ),
         )
     }
-}
-
-/// What the leader says about the configured publication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicationFacts {
-    /// `FOR ALL TABLES`.
-    pub all_tables: bool,
-    /// Which operations are published (`insert`, `update`, `delete`, `truncate`) and which not.
-    pub operations: Vec<(&'static str, bool)>,
-    /// Published tables as `schema.table`.
-    pub tables: BTreeSet<String>,
 }
 
 /// The publication must exist, not be `FOR ALL TABLES`, publish every operation, and
@@ -572,7 +562,9 @@ async fn leader_facts(
     };
     results.push(check_role(&role));
 
-    let facts = publication_facts(leader, publication).await?;
+    let facts = PublicationFacts::read(leader, publication)
+        .await
+        .map_err(|e| sql_error("reading pg_publication", &e))?;
     results.push(check_publication(publication, facts.as_ref()));
 
     let ident = leader
@@ -671,44 +663,6 @@ async fn check_replication_connection(config: &Config) -> CheckResult {
         ),
         Err(e) => CheckResult::fail(NAME, format!("IDENTIFY_SYSTEM failed: {e}")),
     }
-}
-
-async fn publication_facts(
-    leader: &Client,
-    publication: &str,
-) -> Result<Option<PublicationFacts>, String> {
-    let Some(row) = leader
-        .query_opt(
-            "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate
-             FROM pg_catalog.pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(|e| sql_error("reading pg_publication", &e))?
-    else {
-        return Ok(None);
-    };
-    let tables = leader
-        .query(
-            "SELECT schemaname::text || '.' || tablename::text
-             FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(|e| sql_error("reading pg_publication_tables", &e))?
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect();
-    Ok(Some(PublicationFacts {
-        all_tables: row.get(0),
-        operations: vec![
-            ("insert", row.get(1)),
-            ("update", row.get(2)),
-            ("delete", row.get(3)),
-            ("truncate", row.get(4)),
-        ],
-        tables,
-    }))
 }
 
 /// The publication's tables in schema `public`, `None` when it does not exist.

@@ -7,6 +7,23 @@
 //! rows of the same transaction are decided, so a grant and a secret written
 //! in one transaction, in either order, end right (the grant's flip re-syncs
 //! what was decided before it).
+//!
+//! **Replay window.** At session start the model is built from the leader at
+//! a snapshot taken *now* (position `C`), while the stream resumes at the
+//! followers' origins, before `C`. Transactions that committed before `C` are
+//! already in the model: they are decided by it but not fed again, and make
+//! no effects. So every `secrets` row in the window goes only where its
+//! resource is in the set *at `C`*, and the reconcile that ran at `C`
+//! (`crate::reconcile`) already purged and backfilled each follower to that
+//! model. Feeding the window again could mix old and new rows into a graph
+//! that never existed on the leader (a membership added before a row and an
+//! ownership added after it) and forward a secret no follower was ever
+//! entitled to; see ARCHITECTURE.md, "Session start".
+//!
+//! **Fail closed.** A `secrets` row whose resource id cannot be read goes to
+//! no follower that has a set (counted in
+//! `pgsieve_rows_failed_closed_total`); an unknown resource is in no set
+//! (the model's own rule).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,9 +32,10 @@ use pgsieve_filters::{Change, FilterError, Model, ModelTable, SetMask};
 use pgsieve_protocol::Lsn;
 use pgsieve_protocol::pgoutput::{OldTuple, Relation, TupleData};
 
+use crate::conjur::{self, ConjurTable};
 use crate::txn::{RowOp, TxnEvent};
 
-/// What a table means to the model.
+/// What a table means to the model: its [`ConjurTable`] with the columns read.
 #[derive(Debug, Clone, Copy)]
 enum Role {
     Secrets {
@@ -58,16 +76,31 @@ pub struct FilterStage {
     model: Model,
     roles: HashMap<u32, Role>,
     commit_lsn: Lsn,
+    /// Transactions committed before this position are already in the model.
+    model_at: Lsn,
+    /// Whether the open transaction is one of those.
+    replayed: bool,
+    failed_closed: u64,
 }
 
 impl FilterStage {
-    /// A stage over a model (bootstrapped by the caller).
-    pub fn new(model: Model) -> Self {
+    /// A stage over a model that already contains every transaction committed
+    /// before `model_at` (the snapshot it was built in; `Lsn::ZERO` for a model
+    /// that the whole stream must feed).
+    pub fn new(model: Model, model_at: Lsn) -> Self {
         Self {
             model,
             roles: HashMap::new(),
             commit_lsn: Lsn::ZERO,
+            model_at,
+            replayed: false,
+            failed_closed: 0,
         }
+    }
+
+    /// `secrets` rows dropped because no decision could be made, so far.
+    pub fn failed_closed(&self) -> u64 {
+        self.failed_closed
     }
 
     /// The model, for explain and tap.
@@ -79,10 +112,16 @@ impl FilterStage {
     pub fn process(&mut self, event: &mut TxnEvent) -> Result<(), FilterStageError> {
         match event {
             TxnEvent::Relation(relation) => {
-                self.roles.insert(relation.oid, classify(relation));
+                let role = classify(relation).map_err(|what| FilterStageError {
+                    table: format!("{}.{}", relation.namespace, relation.name),
+                    commit_lsn: self.commit_lsn,
+                    what,
+                })?;
+                self.roles.insert(relation.oid, role);
             }
             TxnEvent::Begin(begin) => {
                 self.commit_lsn = begin.commit_lsn;
+                self.replayed = begin.commit_lsn < self.model_at;
                 self.model.begin();
             }
             TxnEvent::Change(change) => {
@@ -103,18 +142,24 @@ impl FilterStage {
                             RowOp::Update(m) => &m.new,
                             RowOp::Delete(m) => old(&m.old),
                         };
-                        let id = tuple
-                            .get(resource_id)
-                            .and_then(|c| c.as_bytes())
-                            .ok_or_else(|| err("secrets row without resource_id".into()))?;
-                        change.mask = self.model.decide(id);
+                        change.mask = match tuple.get(resource_id).and_then(|c| c.as_bytes()) {
+                            Some(id) => self.model.decide(id),
+                            None => {
+                                self.failed_closed += 1;
+                                crate::metrics::count_failed_closed();
+                                tracing::warn!(commit_lsn = %self.commit_lsn, "A secrets row without a readable resource_id: dropped for every follower with a replica set.");
+                                SetMask::NONE
+                            }
+                        };
                     }
                     Role::Other => {}
+                    _ if self.replayed => {}
                     input => {
                         feed(&mut self.model, input, &change.op).map_err(|e| err(e.to_string()))?;
                     }
                 }
             }
+            TxnEvent::Truncate(_) if self.replayed => {}
             TxnEvent::Truncate(truncate) => {
                 for oid in &truncate.rel_ids {
                     let table = match self.roles.get(oid) {
@@ -134,7 +179,7 @@ impl FilterStage {
             }
             TxnEvent::Commit(commit) => {
                 let effects = self.model.end();
-                if !effects.is_empty() {
+                if !effects.is_empty() && !self.replayed {
                     commit.effects = Arc::new(effects);
                 }
             }
@@ -143,39 +188,41 @@ impl FilterStage {
         Ok(())
     }
 
-    /// Decision for a resource id outside the stream (initial copy).
-    pub fn decide(&self, resource_id: &[u8]) -> SetMask {
-        self.model.decide(resource_id)
-    }
 }
 
-fn classify(relation: &Relation) -> Role {
+/// What `relation` is to the model. A model or `secrets` table without the
+/// columns the decisions read is an error: treating it as unfiltered would
+/// forward every secret.
+fn classify(relation: &Relation) -> Result<Role, String> {
     let col = |name: &str| relation.column_index(name);
-    let found = match relation.name.as_str() {
-        "secrets" => col("resource_id").map(|resource_id| Role::Secrets { resource_id }),
-        "role_memberships" => (|| {
+    let kind = conjur::classify(&relation.namespace, &relation.name);
+    let found = match kind {
+        ConjurTable::Other => return Ok(Role::Other),
+        ConjurTable::Secrets => col("resource_id").map(|resource_id| Role::Secrets { resource_id }),
+        ConjurTable::RoleMemberships => (|| {
             Some(Role::Memberships {
                 role_id: col("role_id")?,
                 member_id: col("member_id")?,
                 ownership: col("ownership")?,
             })
         })(),
-        "permissions" => (|| {
+        ConjurTable::Permissions => (|| {
             Some(Role::Permissions {
                 resource_id: col("resource_id")?,
                 role_id: col("role_id")?,
                 privilege: col("privilege")?,
             })
         })(),
-        "resources" => (|| {
+        ConjurTable::Resources => (|| {
             Some(Role::Resources {
                 resource_id: col("resource_id")?,
                 owner_id: col("owner_id")?,
             })
         })(),
-        _ => None,
     };
-    found.unwrap_or(Role::Other)
+    found.ok_or_else(|| {
+        format!("the leader's {kind:?} table lacks a column the replica-set decisions read")
+    })
 }
 
 fn old(old: &OldTuple) -> &TupleData {

@@ -10,11 +10,13 @@
 pub mod bootstrap;
 pub mod check;
 pub mod config;
+pub mod conjur;
 pub mod copy;
 pub mod fanout;
 pub mod feedback;
 pub mod filter;
 pub mod metrics;
+pub mod reconcile;
 pub mod report;
 pub mod roster;
 pub mod run;

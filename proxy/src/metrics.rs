@@ -81,6 +81,14 @@ pub const FOLLOWER_ATTACHED: &str = "pgsieve_follower_attached";
 pub const DETACHES: &str = "pgsieve_detaches_total";
 /// Counter: stream restarts at a rejoining follower's origin (hub mode).
 pub const REWINDS: &str = "pgsieve_rewinds_total";
+/// `secrets` rows dropped for every follower with a set because no decision
+/// could be made (fail closed).
+pub const FAILED_CLOSED: &str = "pgsieve_rows_failed_closed_total";
+/// Session-start reconciles, by follower.
+pub const RECONCILES: &str = "pgsieve_reconciles_total";
+/// Resources whose secrets a reconcile purged (outside the set) or backfilled
+/// (in the set, missing), by follower and action.
+pub const RECONCILE_RESOURCES: &str = "pgsieve_reconcile_resources_total";
 
 /// Bucket bounds of [`APPLY_LATENCY`] (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -224,6 +232,21 @@ fn describe() {
         Unit::Count,
         "Stream restarts at a rejoining follower's origin."
     );
+    describe_counter!(
+        FAILED_CLOSED,
+        Unit::Count,
+        "Secrets rows dropped for every follower with a replica set because no decision could be made."
+    );
+    describe_counter!(
+        RECONCILES,
+        Unit::Count,
+        "Session-start reconciles of a follower's secrets against the leader's model."
+    );
+    describe_counter!(
+        RECONCILE_RESOURCES,
+        Unit::Count,
+        "Resources purged or backfilled by session-start reconciles."
+    );
 }
 
 /// `schema.table` of a relation: the `table` label.
@@ -234,6 +257,20 @@ fn table_label(relation: &Relation) -> String {
         relation.namespace.as_str()
     };
     format!("{schema}.{}", relation.name)
+}
+
+/// Counts one `secrets` row dropped because no decision could be made (rare).
+pub fn count_failed_closed() {
+    counter!(FAILED_CLOSED).increment(1);
+}
+
+/// Counts one session-start reconcile of `follower` and what it changed.
+pub fn count_reconcile(follower: &str, purged: u64, backfilled: u64) {
+    counter!(RECONCILES, "follower" => follower.to_owned()).increment(1);
+    counter!(RECONCILE_RESOURCES, "follower" => follower.to_owned(), "action" => "purge")
+        .increment(purged);
+    counter!(RECONCILE_RESOURCES, "follower" => follower.to_owned(), "action" => "backfill")
+        .increment(backfilled);
 }
 
 /// Counts one error by kind (rare, so labels are built per call).

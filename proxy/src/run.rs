@@ -18,7 +18,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls};
 
-use crate::bootstrap::{BootstrapError, model_from_tables};
+use crate::bootstrap::{
+    BootstrapError, LeaderSnapshot, SnapshotError, model_from_tables, snapshot_slot_name,
+};
+use crate::conjur::PublicationFacts;
+use crate::reconcile::{ReconcileError, reconcile_follower};
 use crate::config::Config;
 use crate::copy::{CopyError, copy_tables, published_tables};
 use crate::fanout::{DetachReason, Fanout, SendError, Standing};
@@ -62,6 +66,15 @@ pub enum RunError {
     /// The model could not be built.
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    /// The session-start leader snapshot could not be opened.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A follower could not be reconciled with the leader's model.
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    /// The publication cannot carry what the decisions need.
+    #[error("leader: {0}")]
+    Publication(String),
     /// A frame from the leader is malformed.
     #[error("malformed replication message after {after}: {source}")]
     Frame {
@@ -87,6 +100,11 @@ impl RunError {
                 crate::source::is_transient_sql_error(source)
             }
             RunError::Apply(e) => e.is_transient(),
+            RunError::Snapshot(SnapshotError::Source(e)) => e.is_transient(),
+            RunError::Snapshot(SnapshotError::Sql(source))
+            | RunError::Reconcile(ReconcileError { source, .. }) => {
+                crate::source::is_transient_sql_error(source)
+            }
             _ => false,
         }
     }
@@ -100,7 +118,9 @@ impl RunError {
             RunError::Filter(_) => "filter",
             RunError::Apply(_) => "apply",
             RunError::Copy(_) => "copy",
-            RunError::Bootstrap(_) => "bootstrap",
+            RunError::Bootstrap(_) | RunError::Snapshot(_) => "bootstrap",
+            RunError::Reconcile(_) => "reconcile",
+            RunError::Publication(_) => "setup",
             RunError::Frame { .. } => "frame",
             RunError::Setup(_) => "setup",
             RunError::Metrics(_) => "metrics",
@@ -319,6 +339,7 @@ async fn run_session(
         );
     }
     let leader = connect_sql(&config.leader.pg, "the leader").await?;
+    check_publication(&leader, &config.leader.publication).await?;
     let mut repl = ReplicationConnection::connect(&source_config(config)).await?;
     let slot = config.leader.slot.as_str();
     let slot_info = repl.slot_info(slot).await?;
@@ -344,7 +365,7 @@ async fn run_session(
         }
     }
 
-    let (model, start_lsn) = if needs_copy {
+    let (model, start_lsn, model_at) = if needs_copy {
         if slot_info.is_some() {
             tracing::warn!(%slot, "A follower has no recorded progress: recreating the slot for a fresh initial copy.");
             repl.drop_slot(slot).await?;
@@ -387,30 +408,19 @@ async fn run_session(
             .batch_execute("COMMIT")
             .await
             .map_err(sql_err("ending the snapshot transaction"))?;
-        (model, created.consistent_point)
+        (model, created.consistent_point, Lsn::ZERO)
     } else {
-        // Resume from the attached follower that is furthest behind; its own
-        // model tables describe the model at exactly that position.
-        let (behind, at) = followers
+        // Resume from the attached follower that is furthest behind, with a
+        // model built from the leader *now* (never from a follower), after
+        // reconciling every follower's secrets with it.
+        let at = followers
             .iter()
-            .filter_map(|f| f.client.as_ref().map(|c| (c, f.origin_lsn)))
-            .min_by_key(|(_, lsn)| *lsn)
+            .filter(|f| f.client.is_some())
+            .map(|f| f.origin_lsn)
+            .min()
             .ok_or_else(|| RunError::Setup("no follower".into()))?;
-        let model = if specs.is_empty() {
-            Model::new(Vec::new()).map_err(BootstrapError::from)?
-        } else {
-            behind
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .map_err(sql_err("reading the follower's model tables"))?;
-            let model = model_from_tables(behind, specs.clone()).await?;
-            behind
-                .batch_execute("COMMIT")
-                .await
-                .map_err(sql_err("reading the follower's model tables"))?;
-            model
-        };
-        (model, at)
+        let (model, model_at) = leader_model_and_reconcile(config, &leader, &followers, specs.clone()).await?;
+        (model, at, model_at)
     };
 
     let publication = format!("\"{}\"", config.leader.publication.replace('"', "\"\""));
@@ -455,7 +465,9 @@ async fn run_session(
             resync: f.resync,
             limits,
             skip_until: f.origin_lsn,
-            upsert_until: standings[index].upsert_until,
+            // The reconcile copied rows as of `model_at`: until the stream
+            // passes it, inserts may meet them.
+            upsert_until: standings[index].upsert_until.max(model_at),
         };
         let sink = match Sink::new(spec, client, leader.clone(), progress).await {
             Ok(sink) => sink,
@@ -496,7 +508,7 @@ async fn run_session(
     let (mut roster, mut rejoin_rx) = Roster::new(config, telemetry, standings, detached);
 
     let mut assembler = Assembler::new(config.apply.spool_dir.clone());
-    let mut filter = FilterStage::new(model);
+    let mut filter = FilterStage::new(model, model_at);
     let mut seen = StreamMetrics::default();
     let mut last_received = start_lsn;
     let reader: Result<SessionEnd, RunError> = async {
@@ -655,6 +667,53 @@ async fn run_session(
         None => Ok(end),
         Some(e) => Err(e),
     }
+}
+
+/// Refuses a publication that cannot carry what the decisions need (before
+/// any slot is created or advanced).
+async fn check_publication(leader: &Client, publication: &str) -> Result<(), RunError> {
+    let facts = PublicationFacts::read(leader, publication)
+        .await
+        .map_err(sql_err("reading the publication"))?;
+    let problems = match facts {
+        None => vec![format!(
+            "publication {publication} does not exist: run pgsieve setup"
+        )],
+        Some(facts) => facts.decision_problems(publication),
+    };
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Publication(problems.join("; ")))
+    }
+}
+
+/// Session start without a copy: builds the model from the leader at a
+/// temporary slot's snapshot and reconciles every attached follower that
+/// has a replica set with it. Returns the model and the snapshot's position
+/// (transactions committed before it are in the model).
+async fn leader_model_and_reconcile(
+    config: &Config,
+    leader: &Arc<Client>,
+    followers: &[FollowerSession],
+    specs: Vec<pgsieve_filters::ReplicaSetSpec>,
+) -> Result<(Model, Lsn), RunError> {
+    let snapshot = LeaderSnapshot::open(
+        &source_config(config),
+        &snapshot_slot_name(&config.leader.slot, std::process::id()),
+        leader.clone(),
+    )
+    .await?;
+    let model = model_from_tables(snapshot.client(), specs).await?;
+    for f in followers {
+        if let (Some(client), Some(bit)) = (&f.client, f.set_bit) {
+            reconcile_follower(snapshot.client(), client, &f.name, &model, bit).await?;
+        }
+    }
+    let at = snapshot.at();
+    snapshot.finish().await?;
+    tracing::info!(model_at = %at, "Model built from the leader; followers reconciled.");
+    Ok((model, at))
 }
 
 async fn forward(

@@ -58,7 +58,7 @@ pub fn decide(t: &Tables, sets: &[ReplicaSetSpec], id: &str) -> u64 {
     } else {
         (1u64 << sets.len()) - 1
     };
-    if kind != "variable" {
+    if kind == "public_key" {
         return all;
     }
     let mut m = 0u64;

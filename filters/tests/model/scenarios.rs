@@ -276,26 +276,52 @@ fn unknown_ids_and_other_kinds() {
 }
 
 #[test]
-fn permissions_on_other_kinds_are_ignored() {
+fn every_kind_but_public_key_follows_the_rule() {
     let mut m = model(Rule::Execute);
     feed(&mut m, &[member(LAYER, G)]);
+    assert_eq!(
+        m.decide(b"acme:webservice:w"),
+        SetMask::NONE,
+        "an unknown webservice is in no set (fail closed)"
+    );
     m.begin();
     feed(
         &mut m,
         &[
             Change::ResourceUpsert {
                 resource_id: "acme:webservice:w",
-                owner_id: LAYER,
+                owner_id: "acme:policy:elsewhere",
+            },
+            Change::ResourceUpsert {
+                resource_id: "acme:host:h",
+                owner_id: "acme:policy:elsewhere",
+            },
+            Change::ResourceUpsert {
+                resource_id: "acme:Variable:mixed",
+                owner_id: "acme:policy:elsewhere",
             },
             Change::PermissionUpsert {
                 resource_id: "acme:webservice:w",
                 role_id: LAYER,
                 privilege: "execute",
             },
+            Change::PermissionUpsert {
+                resource_id: "acme:host:h",
+                role_id: LAYER,
+                privilege: "read",
+            },
         ],
     );
-    assert!(m.end().is_empty());
-    assert_eq!(m.decide(b"acme:webservice:w"), m.all_sets());
+    let flips = m.end().flips;
+    assert_eq!(flips, vec![flip("acme:webservice:w", true)]);
+    assert_eq!(m.decide(b"acme:webservice:w"), SetMask::single(0));
+    assert_eq!(m.decide(b"acme:host:h"), SetMask::NONE, "read is not execute");
+    assert_eq!(
+        m.decide(b"acme:Variable:mixed"),
+        SetMask::NONE,
+        "kinds are case-sensitive: Variable is not variable, and still needs the rule"
+    );
+    assert_eq!(m.decide(b"acme:public_key:user/alice/k"), m.all_sets());
 }
 
 #[test]

@@ -28,8 +28,8 @@ pub async fn dump_table(
 }
 
 /// The `secrets` rows (text form, sorted) a follower of `data_group` should hold, read
-/// from the leader: rows of variables in the set, rows of other kinds (`public_key`, …)
-/// and rows whose resource id matches one of the `always` patterns (`*` matches any
+/// from the leader: rows of resources in the set (any kind), rows of public keys (public
+/// in Conjur's API) and rows whose resource id matches one of the `always` patterns (`*` matches any
 /// run of characters).
 pub async fn expected_secrets(
     leader: &impl GenericClient,
@@ -49,7 +49,7 @@ pub async fn expected_secrets(
         .iter()
         .filter(|r| {
             let id: &str = r.get(1);
-            !is_variable(id) || in_set.contains(id) || always.iter().any(|p| glob_match(p, id))
+            is_public_key(id) || in_set.contains(id) || always.iter().any(|p| glob_match(p, id))
         })
         .map(|r| r.get(0))
         .collect())
@@ -103,8 +103,8 @@ fn describe_diff(table: &str, want: &[String], got: &[String]) -> String {
     )
 }
 
-fn is_variable(id: &str) -> bool {
-    id.split(':').nth(1) == Some("variable")
+fn is_public_key(id: &str) -> bool {
+    id.split(':').nth(1) == Some("public_key")
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any (possibly empty) run of

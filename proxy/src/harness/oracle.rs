@@ -1,5 +1,6 @@
 /*!
-The filter's oracle: which variables are in a replica set, computed from scratch on the
+The filter's oracle: which resources (variables and every other kind but `public_key`:
+Conjur stores secrets on any resource) are in a replica set, computed from scratch on the
 leader with one SQL query (a recursive CTE and two lookups), independent of the
 `filters` crate and of the schema's own authorization functions. Tests compare what a
 follower holds with this.
@@ -36,7 +37,7 @@ WITH RECURSIVE closure(role_id) AS (
 )
 SELECT r.resource_id
 FROM resources r
-WHERE split_part(r.resource_id, ':', 2) = 'variable'
+WHERE split_part(r.resource_id, ':', 2) <> 'public_key'
   AND (r.owner_id IN (SELECT role_id FROM closure)
        OR EXISTS (SELECT 1 FROM permissions p
                   WHERE p.resource_id = r.resource_id
@@ -44,8 +45,8 @@ WHERE split_part(r.resource_id, ':', 2) = 'variable'
                     AND ($2::bool OR p.privilege = 'execute')))
 ";
 
-/// The ids of the variables in the set of `data_group` under `rule`, as of the
-/// client's snapshot.
+/// The ids of the resources (every kind but `public_key`; named for the usual kind) in
+/// the set of `data_group` under `rule`, as of the client's snapshot.
 pub async fn variables_in_set(
     client: &impl GenericClient,
     data_group: &str,

@@ -1,11 +1,12 @@
 //! Sinks: applying the filtered stream of leader transactions to a follower
-//! with SQL (DESIGN.md "Apply").
+//! with SQL (ARCHITECTURE.md, "Apply").
 
 pub mod apply;
 pub mod catalog;
 pub mod origin;
 pub mod pipeline;
 pub mod resync;
+pub mod secrets;
 pub mod statements;
 pub mod value;
 

@@ -14,14 +14,11 @@ use std::time::{Duration, Instant};
 
 use pgsieve_filters::{Flip, ReplicaSetSpec, Rule};
 use pgsieve_protocol::Lsn;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use super::apply::{ApplyContext, ApplyError, Sink};
-use super::catalog::table_columns;
-use super::statements::quote_ident;
-use super::value::WireValue;
-
-const SECRETS: &str = "\"public\".\"secrets\"";
+use super::secrets::{BACKFILL_CHUNK_IDS, SecretsTable};
+use crate::conjur::SECRETS_QUALIFIED as SECRETS;
 
 /// Per-follower re-sync of flipped variables.
 #[derive(Debug)]
@@ -33,27 +30,22 @@ pub struct Resync {
 
 #[derive(Debug)]
 struct Prepared {
-    delete: Statement,
-    insert: Statement,
+    table: SecretsTable,
     select_sql: String,
 }
 
-/// The leader-side rule in SQL: `$1` data group, `$2` variable ids, `$3`
-/// true for rule `any`, `$4` LIKE patterns of `always`.
-fn select_sql(columns: &[String]) -> String {
-    let list = columns
-        .iter()
-        .map(|c| format!("s.{}::text", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// The leader-side rule in SQL: `$1` data group, `$2` resource ids, `$3`
+/// true for rule `any`, `$4` LIKE patterns of `always`. Any resource kind
+/// (only public keys are never filtered, and they never flip).
+fn select_sql(select_list: &str) -> String {
     format!(
         "WITH RECURSIVE closure(role_id) AS ( \
            SELECT $1::text \
-           UNION SELECT m.role_id FROM role_memberships m JOIN closure c ON m.member_id = c.role_id) \
-         SELECT {list} FROM {SECRETS} s JOIN resources r ON r.resource_id = s.resource_id \
+           UNION SELECT m.role_id FROM public.role_memberships m JOIN closure c ON m.member_id = c.role_id) \
+         SELECT {select_list} FROM {SECRETS} s JOIN public.resources r ON r.resource_id = s.resource_id \
          WHERE s.resource_id = ANY($2::text[]) AND ( \
            r.owner_id IN (SELECT role_id FROM closure) \
-           OR EXISTS (SELECT 1 FROM permissions p WHERE p.resource_id = s.resource_id \
+           OR EXISTS (SELECT 1 FROM public.permissions p WHERE p.resource_id = s.resource_id \
                       AND p.role_id IN (SELECT role_id FROM closure) \
                       AND ($3::bool OR p.privilege = 'execute')) \
            OR s.resource_id LIKE ANY($4::text[]))"
@@ -124,45 +116,17 @@ impl Resync {
 
     async fn prepare(&mut self, client: &Client, follower: &str) -> Result<&Prepared, ApplyError> {
         if self.prepared.is_none() {
-            let err = |source| ApplyError::Statement {
-                follower: follower.to_owned(),
-                commit_lsn: Lsn::ZERO,
-                table: Arc::from(SECRETS),
-                op: "prepare resync",
-                source,
-            };
-            let columns: Vec<String> = table_columns(client, SECRETS)
+            let table = SecretsTable::prepare(client)
                 .await
-                .map_err(err)?
-                .into_iter()
-                .map(|c| c.name)
-                .collect();
-            let names = columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let params = (1..=columns.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let delete = client
-                .prepare(&format!(
-                    "DELETE FROM {SECRETS} WHERE resource_id = ANY($1::text[])"
-                ))
-                .await
-                .map_err(err)?;
-            let insert = client
-                .prepare(&format!(
-                    "INSERT INTO {SECRETS} ({names}) VALUES ({params}) ON CONFLICT DO NOTHING"
-                ))
-                .await
-                .map_err(err)?;
-            self.prepared = Some(Prepared {
-                delete,
-                insert,
-                select_sql: select_sql(&columns),
-            });
+                .map_err(|source| ApplyError::Statement {
+                    follower: follower.to_owned(),
+                    commit_lsn: Lsn::ZERO,
+                    table: Arc::from(SECRETS),
+                    op: "prepare resync",
+                    source,
+                })?;
+            let select_sql = select_sql(&table.leader_select_list());
+            self.prepared = Some(Prepared { table, select_sql });
         }
         self.prepared.as_ref().ok_or_else(|| ApplyError::Invalid {
             follower: follower.to_owned(),
@@ -184,8 +148,8 @@ impl Resync {
         let follower = sink.follower_name().to_owned();
         let prepared = self.prepare(&client, &follower).await?;
         let (delete, insert, select) = (
-            prepared.delete.clone(),
-            prepared.insert.clone(),
+            prepared.table.delete.clone(),
+            prepared.table.insert.clone(),
             prepared.select_sql.clone(),
         );
         let (wanted, leaving): (Vec<&Flip>, Vec<&Flip>) =
@@ -251,14 +215,28 @@ impl Resync {
                 ),
             });
         }
-        let rows = sink
-            .leader()
-            .query(
-                &select,
-                &[&self.set.data_group, &wanted, &any, &self.always_like],
-            )
-            .await
-            .map_err(leader_err("resync read from leader"))?;
+        // Chunked: the rows of a few hundred resources at a time, so memory
+        // does not grow with how many variables one grant flips.
+        let mut copied = 0u64;
+        for chunk in wanted.chunks(BACKFILL_CHUNK_IDS) {
+            let rows = sink
+                .leader()
+                .query(
+                    &select,
+                    &[&self.set.data_group, &chunk, &any, &self.always_like],
+                )
+                .await
+                .map_err(leader_err("resync read from leader"))?;
+            copied += rows.len() as u64;
+            for row in rows {
+                sink.push_sql(
+                    &insert,
+                    SecretsTable::insert_params(&row),
+                    context("resync copy"),
+                )
+                .await?;
+            }
+        }
         // Every transaction the query's snapshot saw committed before the
         // WAL position read after it: until the stream passes it, inserts
         // may meet rows just copied.
@@ -274,17 +252,6 @@ impl Resync {
             what: format!("the leader returned an unreadable WAL position {after:?}"),
         })?;
         sink.backfilled_through(after);
-        let copied = rows.len() as u64;
-        for row in rows {
-            let params: Vec<WireValue> = (0..row.len())
-                .map(|i| match row.get::<_, Option<String>>(i) {
-                    Some(text) => WireValue::text(text.into()),
-                    None => WireValue::NULL,
-                })
-                .collect();
-            sink.push_sql(&insert, params, context("resync copy"))
-                .await?;
-        }
         sink.metrics().backfilled(wanted.len() as u64, copied);
         Ok(copied)
     }

@@ -153,7 +153,7 @@ pub async fn run(
             selection: options.selection.clone(),
             targets,
             show_values: options.show_values,
-            filter: FilterStage::new(model),
+            filter: FilterStage::new(model, pgsieve_protocol::Lsn::ZERO),
             has_model,
             leader: opened.leader,
             spool_dir: config.apply.spool_dir.clone(),

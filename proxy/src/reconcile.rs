@@ -1,0 +1,204 @@
+//! Session-start reconcile: before its first streamed change, bring one
+//! follower's `secrets` to exactly its replica set's projection under the
+//! leader's model at a known snapshot (`crate::bootstrap::LeaderSnapshot`).
+//!
+//! - Every resource the follower holds secrets of that is outside its set by
+//!   the leader's model is purged (a revoke it missed, a configuration change
+//!   of `replica_set`, `account`, `privilege` or `always`, rows planted on it).
+//! - Every resource in its set whose secrets it lacks is backfilled from the
+//!   leader, in the same snapshot as the model (chunked: a few hundred
+//!   resources' rows in memory at a time).
+//!
+//! Cost: one pass over the resource ids the follower holds (a cursor in byte
+//! order, merged with the model's sorted in-set ids) plus work proportional
+//! to what differs. The follower's rows are only ever *removed* on its word;
+//! what is sent to it is decided by the leader's model alone, so a follower
+//! lying about what it holds can only deprive itself.
+//!
+//! Everything happens in one follower transaction, without moving its
+//! origin: the stream then replays from the origin, and its rows of
+//! transactions the snapshot already holds are applied as upserts
+//! (`SinkSpec::upsert_until`).
+
+use std::time::Instant;
+
+use futures_util::future::try_join_all;
+use pgsieve_filters::Model;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use crate::conjur::SECRETS_QUALIFIED;
+use crate::sink::secrets::{BACKFILL_CHUNK_IDS, SecretsTable};
+use crate::sink::value::WireValue;
+
+/// Held resource ids fetched from the follower per round trip.
+const HELD_FETCH: usize = 2000;
+
+/// What one reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Distinct resources the follower held secrets of.
+    pub held: u64,
+    /// Resources purged (outside the set).
+    pub purged: u64,
+    /// Secrets rows those purges deleted.
+    pub purged_rows: u64,
+    /// Resources in the set the follower lacked, asked of the leader.
+    pub backfilled: u64,
+    /// Secrets rows copied for them.
+    pub backfilled_rows: u64,
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reconciling follower {follower}'s secrets with the leader's model ({step}): {source}")]
+pub struct ReconcileError {
+    /// The follower.
+    pub follower: String,
+    /// What was being done.
+    pub step: &'static str,
+    /// The database error.
+    pub source: tokio_postgres::Error,
+}
+
+/// Reconciles `follower` (an apply session, idle) against `model`'s set
+/// `set_bit`, reading backfills through `leader` (inside the model's
+/// snapshot). Commits on the follower; the origin is not moved.
+pub async fn reconcile_follower(
+    leader: &Client,
+    follower: &Client,
+    name: &str,
+    model: &Model,
+    set_bit: usize,
+) -> Result<ReconcileReport, ReconcileError> {
+    let started = Instant::now();
+    let table = SecretsTable::prepare(follower)
+        .await
+        .map_err(|e| failed(name, "preparing statements", e))?;
+    let select = format!(
+        "SELECT {} FROM {SECRETS_QUALIFIED} s WHERE s.resource_id = ANY($1::text[])",
+        table.leader_select_list()
+    );
+    let select = leader
+        .prepare(&select)
+        .await
+        .map_err(|e| failed(name, "preparing the leader query", e))?;
+
+    let mut in_set: Vec<&str> = model.resources_in(set_bit).collect();
+    in_set.sort_unstable();
+    in_set.dedup();
+
+    follower
+        .batch_execute(&format!(
+            "BEGIN; DECLARE pgsieve_held NO SCROLL CURSOR FOR \
+             SELECT DISTINCT resource_id COLLATE \"C\" FROM {SECRETS_QUALIFIED} ORDER BY 1"
+        ))
+        .await
+        .map_err(|e| failed(name, "reading what the follower holds", e))?;
+    let mut report = ReconcileReport::default();
+    // Index of the next in-set id not yet met among the held ones (an
+    // index, not a held iterator: borrowed iterators across awaits defeat
+    // the compiler's `Send` proof).
+    let mut next = 0usize;
+    let mut missing: Vec<String> = Vec::new();
+    loop {
+        let rows = follower
+            .query(&format!("FETCH {HELD_FETCH} FROM pgsieve_held"), &[])
+            .await
+            .map_err(|e| failed(name, "reading what the follower holds", e))?;
+        let done = rows.len() < HELD_FETCH;
+        let mut purge: Vec<String> = Vec::new();
+        for row in &rows {
+            let held: &str = row.get(0);
+            report.held += 1;
+            // In-set ids below this held one are missing on the follower.
+            while let Some(&w) = in_set.get(next) {
+                if w.as_bytes() < held.as_bytes() {
+                    missing.push(w.to_owned());
+                    next += 1;
+                } else {
+                    break;
+                }
+            }
+            if in_set.get(next) == Some(&held) {
+                next += 1;
+            }
+            if !model.decide(held.as_bytes()).contains(set_bit) {
+                purge.push(held.to_owned());
+            }
+        }
+        if !purge.is_empty() {
+            report.purged += purge.len() as u64;
+            report.purged_rows += follower
+                .execute(&table.delete, &[&purge])
+                .await
+                .map_err(|e| failed(name, "purging secrets outside the set", e))?;
+        }
+        if missing.len() >= BACKFILL_CHUNK_IDS {
+            backfill(leader, follower, &select, &table, &missing, &mut report)
+                .await
+                .map_err(|e| failed(name, "backfilling secrets of the set", e))?;
+            missing.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    let rest = in_set.get(next..).unwrap_or_default();
+    for chunk in rest.chunks(BACKFILL_CHUNK_IDS) {
+        missing.extend(chunk.iter().map(|id| (*id).to_owned()));
+        backfill(leader, follower, &select, &table, &missing, &mut report)
+            .await
+            .map_err(|e| failed(name, "backfilling secrets of the set", e))?;
+        missing.clear();
+    }
+    follower
+        .batch_execute("CLOSE pgsieve_held; COMMIT")
+        .await
+        .map_err(|e| failed(name, "committing", e))?;
+    crate::metrics::count_reconcile(name, report.purged, report.backfilled_rows);
+    tracing::info!(
+        follower = name,
+        held = report.held,
+        purged = report.purged,
+        purged_rows = report.purged_rows,
+        backfilled = report.backfilled,
+        backfilled_rows = report.backfilled_rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Follower's secrets reconciled with the leader's model."
+    );
+    Ok(report)
+}
+
+fn failed(follower: &str, step: &'static str, source: tokio_postgres::Error) -> ReconcileError {
+    ReconcileError {
+        follower: follower.to_owned(),
+        step,
+        source,
+    }
+}
+
+/// Copies the leader's rows of `ids` (all in the set by the model, and read
+/// in the model's snapshot) into the follower, pipelined.
+async fn backfill(
+    leader: &Client,
+    follower: &Client,
+    select: &tokio_postgres::Statement,
+    table: &SecretsTable,
+    ids: &[String],
+    report: &mut ReconcileReport,
+) -> Result<(), tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    report.backfilled += ids.len() as u64;
+    let rows = leader.query(select, &[&ids]).await?;
+    report.backfilled_rows += rows.len() as u64;
+    let params: Vec<Vec<WireValue>> = rows.iter().map(SecretsTable::insert_params).collect();
+    let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params
+        .iter()
+        .map(|p| p.iter().map(|v| v as &(dyn ToSql + Sync)).collect())
+        .collect();
+    try_join_all(refs.iter().map(|r| follower.execute(&table.insert, r))).await?;
+    Ok(())
+}
