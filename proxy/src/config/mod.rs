@@ -11,7 +11,7 @@ pub mod raw;
 pub mod resolved;
 
 pub use raw::RawConfig;
-pub use resolved::{ApplySettings, Config, FollowerConfig, LeaderConfig, LogFormat};
+pub use resolved::{ApplySettings, Config, FollowerConfig, LeaderConfig, LogFormat, OnGap};
 
 use std::path::PathBuf;
 

@@ -89,6 +89,9 @@ pub struct RawApply {
     /// Hub mode: how long one follower may hold the stream back (its buffer
     /// full while another follower waits) before it is detached.
     pub detach_after_ms: Option<u64>,
+    /// What to do with a follower that fell off the stream: `resync`
+    /// (default: online diff resync) or `stop` (exit 1 naming the fix).
+    pub on_gap: Option<String>,
 }
 
 /// `[metrics]`.
@@ -170,6 +173,7 @@ impl RawConfig {
                 "APPLY_SPOOL_DIR" => path(&mut self.apply.spool_dir),
                 "APPLY_BUFFER_EVENTS" => num(&mut self.apply.buffer_events)?,
                 "APPLY_DETACH_AFTER_MS" => num(&mut self.apply.detach_after_ms)?,
+                "APPLY_ON_GAP" => set(&mut self.apply.on_gap),
                 "METRICS_LISTEN" => set(&mut self.metrics.listen),
                 "METRICS_MAX_LAG_BYTES" => num(&mut self.metrics.max_lag_bytes)?,
                 "LOG_FORMAT" => set(&mut self.log.format),

@@ -61,6 +61,18 @@ pub struct ApplySettings {
     /// full while another follower's is empty) before it is detached and
     /// left to catch up from the slot on its own (see `fanout`).
     pub detach_after: Duration,
+    /// What to do with a follower that fell off the stream.
+    pub on_gap: OnGap,
+}
+
+/// What `run` does with a follower whose progress the slot no longer holds
+/// (restored from a backup, slot lost, leader failover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnGap {
+    /// Online diff resync, then stream (the default).
+    Resync,
+    /// Exit 1 with one line naming the follower and the fix.
+    Stop,
 }
 
 impl Default for ApplySettings {
@@ -72,6 +84,7 @@ impl Default for ApplySettings {
             spool_dir: std::env::temp_dir(),
             buffer_events: 8192,
             detach_after: Duration::from_secs(5),
+            on_gap: OnGap::Resync,
         }
     }
 }
@@ -184,6 +197,15 @@ impl Config {
                 .detach_after_ms
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.detach_after),
+            on_gap: match raw.apply.on_gap.as_deref() {
+                None | Some("resync") => OnGap::Resync,
+                Some("stop") => OnGap::Stop,
+                Some(other) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[apply] on_gap {other:?}: expected resync or stop"
+                    )));
+                }
+            },
         };
         let log_format = match raw.log.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,

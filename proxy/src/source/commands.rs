@@ -73,6 +73,15 @@ pub struct SlotInfo {
     pub active: bool,
     /// Database the slot belongs to (empty for a physical slot).
     pub database: String,
+    /// `wal_status`: `lost` once `max_slot_wal_keep_size` removed WAL it needed.
+    pub wal_status: String,
+}
+
+impl SlotInfo {
+    /// Whether the slot can still stream from its confirmed position.
+    pub fn is_usable(&self) -> bool {
+        self.wal_status != "lost"
+    }
 }
 
 impl ReplicationConnection {
@@ -171,7 +180,7 @@ impl ReplicationConnection {
     pub async fn slot_info(&mut self, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
         check_slot_name(slot)?;
         let sql = format!(
-            "SELECT plugin, confirmed_flush_lsn, active, database \
+            "SELECT plugin, confirmed_flush_lsn, active, database, wal_status \
              FROM pg_catalog.pg_replication_slots WHERE slot_name = '{slot}'"
         );
         let mut rows = self.simple_query(&sql).await?;
@@ -186,11 +195,13 @@ impl ReplicationConnection {
         };
         let active = cols.next().flatten().as_deref() == Some("t");
         let database = cols.next().flatten().unwrap_or_default();
+        let wal_status = cols.next().flatten().unwrap_or_default();
         Ok(Some(SlotInfo {
             plugin,
             confirmed_flush_lsn,
             active,
             database,
+            wal_status,
         }))
     }
 

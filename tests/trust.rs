@@ -1,0 +1,467 @@
+//! The follower decides nothing (ARCHITECTURE.md, "Trust model"): rows
+//! written on a follower never widen what it receives, a changed replica-set
+//! configuration takes effect at the next start through the reconcile, secrets
+//! of every resource kind follow the rule, and `run` refuses a publication
+//! that cannot carry the decisions. The oracle is the from-scratch SQL query
+//! on the leader (`harness::oracle`), never pgsieve's model.
+
+use std::time::Duration;
+
+use pgsieve::harness::Topology;
+use pgsieve::harness::cluster::CONJUR_DB;
+use pgsieve::harness::compare::{expected_secrets, follower_diff};
+use pgsieve::harness::conjur::ReplicaSet;
+use pgsieve::harness::generate::{PolicySpec, Population};
+use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
+use pgsieve::harness::oracle::OracleRule;
+use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess, run_pgsieve};
+use pgsieve::harness::workload::{
+    Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
+};
+use pgsieve::setup::CONJUR_TABLES;
+use tokio_postgres::Client;
+
+use crate::replication::wait_caught_up;
+use crate::support::{assert_no_leak, never_granted_variables, ok};
+
+const ORIGIN: &str = "pgsieve_pgsieve_trust";
+const SLOT: &str = "pgsieve_trust";
+
+/// A leader with sets east and west, five apps of five variables (app 0's
+/// layer in east, app 1's in west), one follower and its pgsieve, not started.
+struct Scene {
+    topology: Topology,
+    leader: Client,
+    follower: Client,
+    spec: PolicySpec,
+    pop: Population,
+    east: ReplicaSet,
+    west: ReplicaSet,
+}
+
+impl Scene {
+    async fn new(hosts_per_app: usize) -> Scene {
+        let topology = ok(Topology::start(1));
+        let (mut leader, mut followers) = ok(topology.prepare_conjur().await);
+        let east = ReplicaSet::new("east");
+        let west = ReplicaSet::new("west");
+        ok(create_replica_set(&mut leader, &east).await);
+        ok(create_replica_set(&mut leader, &west).await);
+        let spec = PolicySpec::new("acme", 5, 5, 2)
+            .with_seed(11)
+            .with_hosts_per_app(hosts_per_app);
+        let pop = ok(spec.populate(&mut leader).await);
+        ok(grant_layers_to_sets(&leader, &pop.layers[..2], &[east.clone(), west.clone()]).await);
+        Scene {
+            topology,
+            leader,
+            follower: followers.remove(0),
+            spec,
+            pop,
+            east,
+            west,
+        }
+    }
+
+    fn config(&self, entry: FollowerEntry) -> PgsieveConfig {
+        PgsieveConfig::new(&self.topology.leader, SLOT, vec![entry])
+    }
+
+    fn entry(&self, set: Option<&ReplicaSet>) -> FollowerEntry {
+        let f = &self.topology.followers[0];
+        match set {
+            Some(set) => FollowerEntry::filtered("f", f, &set.data_group()),
+            None => FollowerEntry::full("f", f),
+        }
+    }
+
+    /// Waits until the follower applied everything, then asserts its
+    /// `secrets` equal the oracle's projection for `set` (and, with
+    /// `other_tables`, every other table equals the leader's).
+    async fn assert_projection(
+        &self,
+        process: &PgsieveProcess,
+        set: Option<&ReplicaSet>,
+        rule: OracleRule,
+        always: &[&str],
+        step: &str,
+    ) {
+        wait_caught_up(
+            &self.leader,
+            &self.follower,
+            ORIGIN,
+            process,
+            Duration::from_secs(60),
+        )
+        .await;
+        let diff = match set {
+            Some(set) => ok(follower_diff(
+                &self.leader,
+                &self.follower,
+                &["secrets"],
+                &set.data_group(),
+                rule,
+                always,
+            )
+            .await),
+            None => ok(follower_diff(
+                &self.leader,
+                &self.follower,
+                CONJUR_TABLES,
+                "nobody:group:none",
+                rule,
+                &["*"],
+            )
+            .await),
+        };
+        assert!(
+            diff.is_empty(),
+            "after {step}, the follower differs:\n{}\npgsieve log:\n{}",
+            diff.join("\n"),
+            process.log()
+        );
+    }
+}
+
+/// Rows an attacker with write access to the follower plants to pull app 2
+/// and app 4 into east: a membership, a permission, an owner change, and a
+/// shadowing `role_memberships` in the connecting user's `"$user"` schema.
+async fn poison(scene: &Scene) {
+    let east = scene.east.data_group();
+    let spec = &scene.spec;
+    let sql = format!(
+        "INSERT INTO public.role_memberships (role_id, member_id, admin_option, ownership) \
+           VALUES ('{layer2}', '{east}', false, false); \
+         INSERT INTO public.permissions (privilege, resource_id, role_id) \
+           VALUES ('execute', '{v40}', '{east}'); \
+         UPDATE public.resources SET owner_id = '{east}' WHERE resource_id = '{v41}'; \
+         CREATE SCHEMA IF NOT EXISTS postgres; \
+         CREATE TABLE postgres.role_memberships (LIKE public.role_memberships); \
+         INSERT INTO postgres.role_memberships SELECT * FROM public.role_memberships; \
+         INSERT INTO postgres.role_memberships (role_id, member_id, admin_option, ownership) \
+           VALUES ('{policy4}', '{east}', false, false);",
+        layer2 = spec.layer(2),
+        v40 = spec.variable(4, 0),
+        v41 = spec.variable(4, 1),
+        policy4 = spec.app_policy(4),
+    );
+    scene
+        .follower
+        .batch_execute(&sql)
+        .await
+        .expect("poisoning the follower");
+}
+
+/// Rotates every never-granted variable `rounds` times on the leader.
+async fn rotate(leader: &Client, variables: &[String], rounds: usize) {
+    for round in 0..rounds {
+        for v in variables {
+            ok(rotate_secret(leader, v, format!("rot-{round}").as_bytes(), None).await);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_on_a_follower_never_widen_its_set_across_a_sigkill() {
+    let scene = Scene::new(0).await;
+    // App 2's and app 4's variables are outside east for good.
+    let mut outside = never_granted_variables(&scene.leader, &scene.spec, 4).await;
+    outside.extend(never_granted_variables(&scene.leader, &scene.spec, 2).await);
+    let watch = LeakWatch::spawn(
+        vec![LeakWatched {
+            url: scene.topology.followers[0].url(CONJUR_DB),
+            never_granted: outside.clone(),
+        }],
+        Duration::from_millis(20),
+    );
+    let mut pgsieve = ok(PgsieveProcess::start(
+        &scene.config(scene.entry(Some(&scene.east))),
+    ));
+    scene
+        .assert_projection(&pgsieve, Some(&scene.east), OracleRule::Execute, &[], "the initial copy")
+        .await;
+
+    poison(&scene).await;
+    pgsieve.kill();
+    ok(pgsieve.start_again());
+    rotate(&scene.leader, &outside, 50).await;
+    scene
+        .assert_projection(
+            &pgsieve,
+            Some(&scene.east),
+            OracleRule::Execute,
+            &[],
+            "poisoning, SIGKILL, restart and 50 rotations",
+        )
+        .await;
+    assert_no_leak(&ok(watch.stop().await), 10, &pgsieve.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_on_a_hub_follower_never_widen_any_set_across_a_rewind() {
+    let mut topology = ok(Topology::start(2));
+    let (mut leader, mut followers) = ok(topology.prepare_conjur().await);
+    let east = ReplicaSet::new("east");
+    let west = ReplicaSet::new("west");
+    ok(create_replica_set(&mut leader, &east).await);
+    ok(create_replica_set(&mut leader, &west).await);
+    let spec = PolicySpec::new("acme", 5, 5, 2).with_seed(12);
+    let pop = ok(spec.populate(&mut leader).await);
+    ok(grant_layers_to_sets(&leader, &pop.layers[..2], &[east.clone(), west.clone()]).await);
+    let outside = never_granted_variables(&leader, &spec, 4).await;
+    let watch = LeakWatch::spawn(
+        topology
+            .followers
+            .iter()
+            .map(|f| LeakWatched {
+                url: f.url(CONJUR_DB),
+                never_granted: outside.clone(),
+            })
+            .collect(),
+        Duration::from_millis(20),
+    );
+    let entries = vec![
+        FollowerEntry::filtered("east", &topology.followers[0], &east.data_group()),
+        FollowerEntry::filtered("west", &topology.followers[1], &west.data_group()),
+    ];
+    let config = PgsieveConfig::new(&topology.leader, "pgsieve_hub", entries);
+    let pgsieve = ok(PgsieveProcess::start(&config));
+    let origin = "pgsieve_pgsieve_hub";
+    for f in &followers {
+        wait_caught_up(&leader, f, origin, &pgsieve, Duration::from_secs(60)).await;
+    }
+    // Poison east: its data group joins app 4's policy there.
+    followers[0]
+        .batch_execute(&format!(
+            "INSERT INTO public.role_memberships (role_id, member_id, admin_option, ownership) \
+             VALUES ('{}', '{}', false, false)",
+            spec.app_policy(4),
+            east.data_group()
+        ))
+        .await
+        .expect("poisoning east");
+    // Detach east (its follower restarts), let it rejoin by a rewind.
+    topology.followers[0].stop_fast();
+    rotate(&leader, &outside, 25).await;
+    ok(topology.followers[0].start_again());
+    followers[0] = ok(topology.followers[0].connect(CONJUR_DB).await);
+    rotate(&leader, &outside, 25).await;
+    for (client, set) in followers.iter().zip([&east, &west]) {
+        wait_caught_up(&leader, client, origin, &pgsieve, Duration::from_secs(90)).await;
+        let want = ok(expected_secrets(&leader, &set.data_group(), OracleRule::Execute, &[]).await);
+        let got = ok(pgsieve::harness::compare::dump_table(client, "secrets").await);
+        assert_eq!(want, got, "{}: secrets differ\n{}", set.name, pgsieve.log());
+    }
+    assert!(
+        pgsieve.log().contains("Rewinding"),
+        "east never rejoined by a rewind:\n{}",
+        pgsieve.log()
+    );
+    assert_no_leak(&ok(watch.stop().await), 10, &pgsieve.log());
+}
+
+/// Restarts `pgsieve` with `entry` as its only follower.
+fn reconfigure(scene: &Scene, pgsieve: &mut PgsieveProcess, entry: FollowerEntry) {
+    assert!(
+        pgsieve.terminate(Duration::from_secs(20)).is_some(),
+        "pgsieve did not stop:\n{}",
+        pgsieve.log()
+    );
+    std::fs::write(pgsieve.config_path(), scene.config(entry).to_toml()).expect("config");
+    ok(pgsieve.start_again());
+}
+
+/// Rows inserted, updated or deleted so far on the follower's tables other
+/// than `secrets` (statistics flushed first).
+async fn other_table_writes(follower: &Client) -> i64 {
+    // Backends publish their table statistics at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    follower
+        .query_one(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8 \
+             FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname <> 'secrets'",
+            &[],
+        )
+        .await
+        .expect("reading pg_stat_user_tables")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_configuration_takes_effect_through_the_reconcile() {
+    let scene = Scene::new(0).await;
+    // A read grant puts app 3's first variable in east only under rule `any`.
+    ok(apply_changes(
+        &scene.leader,
+        None,
+        &[Change::Permit {
+            role: scene.east.data_group(),
+            privilege: "read".into(),
+            resource: scene.pop.variables[3 * 5].clone(),
+        }],
+    )
+    .await);
+    let mut pgsieve = ok(PgsieveProcess::start(
+        &scene.config(scene.entry(Some(&scene.east))),
+    ));
+    let (east, west) = (scene.east.clone(), scene.west.clone());
+    scene
+        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "the initial copy")
+        .await;
+
+    let always = format!("{}*", scene.spec.app_policy(4).replace(":policy:", ":variable:"));
+    let steps: Vec<(&str, Option<&ReplicaSet>, &str, Vec<&str>)> = vec![
+        ("east → west", Some(&west), "execute", vec![]),
+        ("west → no set", None, "execute", vec![]),
+        ("no set → east", Some(&east), "execute", vec![]),
+        ("privilege execute → any", Some(&east), "any", vec![]),
+        ("privilege any → execute", Some(&east), "execute", vec![]),
+        ("always added", Some(&east), "execute", vec![always.as_str()]),
+        ("always removed", Some(&east), "execute", vec![]),
+    ];
+    for (step, set, privilege, always) in steps {
+        let before = other_table_writes(&scene.follower).await;
+        let mut entry = scene.entry(set);
+        entry.privilege = privilege;
+        entry.always = always.iter().map(|s| (*s).to_owned()).collect();
+        reconfigure(&scene, &mut pgsieve, entry);
+        let rule = if privilege == "any" {
+            OracleRule::Any
+        } else {
+            OracleRule::Execute
+        };
+        scene
+            .assert_projection(&pgsieve, set, rule, &always, step)
+            .await;
+        let after = other_table_writes(&scene.follower).await;
+        assert_eq!(
+            after - before,
+            0,
+            "{step}: tables other than secrets were written\n{}",
+            pgsieve.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_of_every_kind_follow_the_rule() {
+    let scene = Scene::new(1).await;
+    let spec = &scene.spec;
+    // Resources of other kinds: app 0's (in east by ownership) and app 4's
+    // (outside every set), plus a public key of app 4's (always passes).
+    let kinds = ["webservice", "database", "Variable"];
+    let ids = |app: usize| -> Vec<String> {
+        let base = spec.app_policy(app).replacen(":policy:", ":", 1);
+        let (account, ident) = base.split_once(':').expect("an id");
+        let mut ids: Vec<String> = kinds
+            .iter()
+            .map(|k| format!("{account}:{k}:{ident}/thing"))
+            .collect();
+        ids.push(format!("{account}:public_key:{ident}/key"));
+        ids.push(spec.host(app, 0));
+        ids
+    };
+    let mut sql = String::new();
+    // App 0's are owned by its layer, which east's data group is a member
+    // of: in east. App 4's are owned by its policy: outside every set.
+    for (app, owner) in [(0usize, spec.layer(0)), (4, spec.app_policy(4))] {
+        for id in ids(app).iter().filter(|id| !id.contains(":host:")) {
+            sql.push_str(&format!(
+                "INSERT INTO public.resources (resource_id, owner_id) VALUES ('{id}', '{owner}');"
+            ));
+        }
+    }
+    scene.leader.batch_execute(&sql).await.expect("resources");
+    // Before the initial copy: a secret on each.
+    for id in ids(0).iter().chain(&ids(4)) {
+        ok(rotate_secret(&scene.leader, id, b"before", None).await);
+    }
+    let pgsieve = ok(PgsieveProcess::start(
+        &scene.config(scene.entry(Some(&scene.east))),
+    ));
+    let east = scene.east.clone();
+    scene
+        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "the initial copy")
+        .await;
+    // In the stream.
+    for id in ids(0).iter().chain(&ids(4)) {
+        ok(rotate_secret(&scene.leader, id, b"streamed", None).await);
+    }
+    scene
+        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "the stream")
+        .await;
+    // A backfill: app 4's layer joins east, so its policy's resources do not
+    // (ownership is the policy's), but an execute grant on the webservice does.
+    ok(apply_changes(
+        &scene.leader,
+        None,
+        &[Change::Permit {
+            role: east.data_group(),
+            privilege: "execute".into(),
+            resource: ids(4)[0].clone(),
+        }],
+    )
+    .await);
+    scene
+        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "a grant on a webservice")
+        .await;
+    let held: i64 = scene
+        .follower
+        .query_one(
+            "SELECT count(*) FROM public.secrets WHERE resource_id = ANY($1)",
+            &[&ids(4)],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        held, 4,
+        "app 4: the granted webservice's two versions and the public key's two, nothing else"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_publication_that_cannot_carry_the_decisions() {
+    let scene = Scene::new(0).await;
+    let cases = [
+        (
+            "ALTER PUBLICATION pgsieve SET (publish = 'insert, update, truncate')",
+            "does not publish delete",
+            "ALTER PUBLICATION pgsieve SET (publish = 'insert, update, delete, truncate')",
+        ),
+        (
+            "ALTER PUBLICATION pgsieve DROP TABLE public.permissions",
+            "lacks public.permissions",
+            "ALTER PUBLICATION pgsieve ADD TABLE public.permissions",
+        ),
+        (
+            "DROP PUBLICATION pgsieve; CREATE PUBLICATION pgsieve FOR ALL TABLES",
+            "FOR ALL TABLES",
+            "",
+        ),
+    ];
+    let config = scene.config(scene.entry(Some(&scene.east)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgsieve.toml");
+    std::fs::write(&path, config.to_toml()).expect("config");
+    let path = path.to_str().expect("utf-8 path");
+    for (break_it, says, repair) in cases {
+        scene.leader.batch_execute(break_it).await.expect(break_it);
+        let (code, _, stderr) = ok(run_pgsieve(&["run", "-c", path], Duration::from_secs(60)));
+        assert_eq!(code, Some(1), "{break_it}: exit code; stderr:\n{stderr}");
+        assert!(
+            stderr.contains(says),
+            "{break_it}: the error should say {says:?}:\n{stderr}"
+        );
+        let slots: i64 = scene
+            .leader
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .expect("slots")
+            .get(0);
+        assert_eq!(slots, 0, "{break_it}: a slot was created");
+        if !repair.is_empty() {
+            scene.leader.batch_execute(repair).await.expect(repair);
+        }
+    }
+}
