@@ -11,11 +11,13 @@ pub mod bootstrap;
 pub mod check;
 pub mod config;
 pub mod copy;
+pub mod diff;
 pub mod fanout;
 pub mod feedback;
 pub mod filter;
 pub mod metrics;
 pub mod report;
+pub mod resync_cmd;
 pub mod roster;
 pub mod run;
 pub mod setup;
@@ -23,6 +25,7 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod txn;
+pub mod verify;
 
 #[cfg(feature = "harness")]
 pub mod harness;
