@@ -47,6 +47,29 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
         format: StatusFormat,
     },
+    /// Read-only comparison of each follower with the leader, table by table
+    /// (`secrets` against its replica set); exits 1 on any difference.
+    Verify {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "PGSIEVE_CONFIG")]
+        config: PathBuf,
+        /// Only this follower.
+        #[arg(long, value_name = "NAME")]
+        follower: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+    },
+    /// Online diff resync of one follower: only differences written, in one
+    /// transaction with its new origin (refused while `run` applies to it).
+    Resync {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "PGSIEVE_CONFIG")]
+        config: PathBuf,
+        /// The follower to resync.
+        #[arg(long, value_name = "NAME")]
+        follower: String,
+    },
     /// Decoded stream with per-follower forward/drop decisions and their reasons,
     /// from a temporary slot of its own (or a capture); applies nothing.
     Tap {

@@ -12,12 +12,14 @@ pub mod check;
 pub mod config;
 pub mod conjur;
 pub mod copy;
+pub mod diff;
 pub mod fanout;
 pub mod feedback;
 pub mod filter;
 pub mod metrics;
 pub mod reconcile;
 pub mod report;
+pub mod resync_cmd;
 pub mod roster;
 pub mod run;
 pub mod setup;
@@ -25,6 +27,7 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod txn;
+pub mod verify;
 
 #[cfg(feature = "harness")]
 pub mod harness;

@@ -110,6 +110,48 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 Err("status is incomplete: some databases could not be read".into())
             }
         }
+        Command::Verify {
+            config,
+            follower,
+            format,
+        } => {
+            let config = load(&config)?;
+            init_logging(config.log_format, "warn");
+            let options = pgsieve::verify::VerifyOptions {
+                follower,
+                progress: format == cli::StatusFormat::Text,
+                ..Default::default()
+            };
+            let verdicts = pgsieve::verify::verify(&config, &options)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            match format {
+                cli::StatusFormat::Text => print!("{}", pgsieve::verify::render_text(&verdicts)),
+                cli::StatusFormat::Json => println!("{}", pgsieve::verify::render_json(&verdicts)),
+            }
+            let differ: Vec<&str> = verdicts
+                .iter()
+                .filter(|v| !v.equal)
+                .map(|v| v.follower.as_str())
+                .collect();
+            if differ.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "follower(s) differ from the leader: {}",
+                    differ.join(", ")
+                ))
+            }
+        }
+        Command::Resync { config, follower } => {
+            let config = load(&config)?;
+            init_logging(config.log_format, &config.log_level);
+            let report = pgsieve::resync_cmd::resync(&config, &follower, true)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            print!("{}", pgsieve::resync_cmd::render_text(&follower, &report));
+            Ok(())
+        }
         Command::Tap {
             config,
             format,

@@ -1,0 +1,140 @@
+/*!
+What a diff reports while it runs: per-table counts handed to a callback
+after every chunk, a ready-made reporter (a spinner line per table on a
+terminal, one log line per table otherwise), and the metrics of resyncs.
+*/
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use ::metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+
+/// Counter `{follower, reason}`: diff resyncs committed on a follower.
+pub const RESYNCS: &str = "pgsieve_resyncs_total";
+/// Counter `{follower}`: follower rows written by diff resyncs (inserted,
+/// updated or deleted).
+pub const RESYNC_ROWS_CHANGED: &str = "pgsieve_resync_rows_changed_total";
+/// Histogram `{follower}`: seconds a diff resync took, snapshot to commit.
+pub const RESYNC_DURATION: &str = "pgsieve_resync_duration_seconds";
+
+/// Describes the resync metrics (call once with the other descriptions).
+pub fn describe_metrics() {
+    describe_counter!(
+        RESYNCS,
+        Unit::Count,
+        "Diff resyncs committed on a follower, by reason (gap, failover, forced, ...)."
+    );
+    describe_counter!(
+        RESYNC_ROWS_CHANGED,
+        Unit::Count,
+        "Follower rows inserted, updated or deleted by diff resyncs."
+    );
+    describe_histogram!(
+        RESYNC_DURATION,
+        Unit::Seconds,
+        "Duration of a diff resync, from the leader snapshot to the follower commit."
+    );
+}
+
+/// Records one committed resync.
+pub fn record_resync(follower: &str, reason: &str, rows_changed: u64, elapsed: Duration) {
+    counter!(RESYNCS, "follower" => follower.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
+    counter!(RESYNC_ROWS_CHANGED, "follower" => follower.to_owned()).increment(rows_changed);
+    histogram!(RESYNC_DURATION, "follower" => follower.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// Counts of one table so far.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TableProgress {
+    /// Quoted, qualified table name.
+    pub table: String,
+    /// Distinct keys compared (rows on either side).
+    pub compared: u64,
+    /// Rows of the leader's projection the follower lacks.
+    pub missing: u64,
+    /// Follower rows the leader's projection lacks.
+    pub extra: u64,
+    /// Rows on both sides with different values.
+    pub different: u64,
+    /// Follower `secrets` rows outside its replica set (counted in `extra` too).
+    pub out_of_set: u64,
+    /// Leader `secrets` rows outside the follower's set (not compared).
+    pub leader_skipped: u64,
+    /// Follower rows written (0 when verifying).
+    pub changed: u64,
+    /// Whether the table is finished.
+    pub done: bool,
+}
+
+impl TableProgress {
+    /// Whether any difference was found.
+    pub fn differs(&self) -> bool {
+        self.missing + self.extra + self.different > 0
+    }
+}
+
+/// A progress callback for a terminal (spinner per table) or logs (one
+/// line per finished table).
+pub struct Reporter {
+    follower: String,
+    verb: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Reporter {
+    /// A reporter for `follower`; a spinner when stderr is a terminal.
+    /// `verb` starts each line (`verifying`, `resyncing`).
+    pub fn new(follower: &str, verb: &'static str) -> Self {
+        Reporter {
+            follower: follower.to_owned(),
+            verb,
+            bar: std::io::stderr()
+                .is_terminal()
+                .then(indicatif::ProgressBar::new_spinner),
+        }
+    }
+
+    /// Shows `p`.
+    pub fn update(&mut self, p: &TableProgress) {
+        let line = format!(
+            "{} {}: {}: {} compared, {} missing, {} extra, {} different, {} changed",
+            self.verb,
+            self.follower,
+            p.table,
+            p.compared,
+            p.missing,
+            p.extra,
+            p.different,
+            p.changed
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_message(line);
+            bar.tick();
+            if p.done {
+                bar.println(bar.message());
+            }
+        }
+        if p.done {
+            tracing::info!(
+                follower = %self.follower,
+                table = %p.table,
+                compared = p.compared,
+                missing = p.missing,
+                extra = p.extra,
+                different = p.different,
+                out_of_set = p.out_of_set,
+                changed = p.changed,
+                "Table compared."
+            );
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
