@@ -178,7 +178,13 @@ async fn rows_written_on_a_follower_never_widen_its_set_across_a_sigkill() {
         &scene.config(scene.entry(Some(&scene.east))),
     ));
     scene
-        .assert_projection(&pgsieve, Some(&scene.east), OracleRule::Execute, &[], "the initial copy")
+        .assert_projection(
+            &pgsieve,
+            Some(&scene.east),
+            OracleRule::Execute,
+            &[],
+            "the initial copy",
+        )
         .await;
 
     poison(&scene).await;
@@ -306,17 +312,31 @@ async fn a_changed_configuration_takes_effect_through_the_reconcile() {
     ));
     let (east, west) = (scene.east.clone(), scene.west.clone());
     scene
-        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "the initial copy")
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "the initial copy",
+        )
         .await;
 
-    let always = format!("{}*", scene.spec.app_policy(4).replace(":policy:", ":variable:"));
+    let always = format!(
+        "{}*",
+        scene.spec.app_policy(4).replace(":policy:", ":variable:")
+    );
     let steps: Vec<(&str, Option<&ReplicaSet>, &str, Vec<&str>)> = vec![
         ("east → west", Some(&west), "execute", vec![]),
         ("west → no set", None, "execute", vec![]),
         ("no set → east", Some(&east), "execute", vec![]),
         ("privilege execute → any", Some(&east), "any", vec![]),
         ("privilege any → execute", Some(&east), "execute", vec![]),
-        ("always added", Some(&east), "execute", vec![always.as_str()]),
+        (
+            "always added",
+            Some(&east),
+            "execute",
+            vec![always.as_str()],
+        ),
         ("always removed", Some(&east), "execute", vec![]),
     ];
     for (step, set, privilege, always) in steps {
@@ -381,14 +401,26 @@ async fn secrets_of_every_kind_follow_the_rule() {
     ));
     let east = scene.east.clone();
     scene
-        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "the initial copy")
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "the initial copy",
+        )
         .await;
     // In the stream.
     for id in ids(0).iter().chain(&ids(4)) {
         ok(rotate_secret(&scene.leader, id, b"streamed", None).await);
     }
     scene
-        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "the stream")
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "the stream",
+        )
         .await;
     // A backfill: app 4's layer joins east, so its policy's resources do not
     // (ownership is the policy's), but an execute grant on the webservice does.
@@ -403,7 +435,13 @@ async fn secrets_of_every_kind_follow_the_rule() {
     )
     .await);
     scene
-        .assert_projection(&pgsieve, Some(&east), OracleRule::Execute, &[], "a grant on a webservice")
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "a grant on a webservice",
+        )
         .await;
     let held: i64 = scene
         .follower

@@ -176,7 +176,9 @@ impl fmt::Display for Explanation {
                 write!(f, "kind {kind} is not filtered, forwarded to every set")
             }
             Reason::AlwaysPattern { pattern } => write!(f, "matches always pattern {pattern}"),
-            Reason::UnknownVariable => write!(f, "no resources row for this resource (fail closed)"),
+            Reason::UnknownVariable => {
+                write!(f, "no resources row for this resource (fail closed)")
+            }
             Reason::Granted { chain, privilege } => {
                 for (n, role) in chain.iter().enumerate() {
                     if n == 0 {

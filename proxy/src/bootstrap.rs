@@ -9,7 +9,9 @@ use pgsieve_filters::{FilterError, Model, ReplicaSetSpec};
 use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
 
-use crate::source::{ReplicationConnection, SnapshotAction, SourceConfig, SourceError};
+use crate::source::{
+    CreatedSlot, ReplicationConnection, SnapshotAction, SourceConfig, SourceError,
+};
 
 /// Why the model could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -67,16 +69,12 @@ pub async fn model_from_tables(
     Ok(builder.build())
 }
 
-/// A leader SQL session inside a snapshot that a temporary logical slot
-/// exported: the leader's tables exactly as of the slot's consistent point.
-///
-/// The temporary slot lives as long as this value (its replication
-/// connection); every transaction that committed before [`LeaderSnapshot::at`]
-/// is in the snapshot, and no later one. Build the model in it, reconcile the
-/// followers against it, then [`LeaderSnapshot::finish`].
+/// A leader SQL session inside a snapshot a logical slot exported: the
+/// leader's tables exactly as of the slot's consistent point. Every
+/// transaction that committed before [`LeaderSnapshot::at`] is in it, and no
+/// later one. Build the model in it, bring the followers to it, then
+/// [`LeaderSnapshot::finish`].
 pub struct LeaderSnapshot {
-    /// Holds the temporary slot (and so the exported snapshot) alive.
-    _slot: ReplicationConnection,
     client: Arc<Client>,
     at: Lsn,
 }
@@ -91,29 +89,37 @@ pub enum SnapshotError {
     #[error("importing the leader snapshot: {0}")]
     Sql(#[from] tokio_postgres::Error),
     /// The leader exported none.
-    #[error("the leader exported no snapshot for the temporary slot")]
-    NoSnapshot,
+    #[error("the leader exported no snapshot for slot {0}")]
+    NoSnapshot(String),
 }
 
 impl LeaderSnapshot {
-    /// Creates temporary slot `name` on a new replication connection and
-    /// imports its snapshot into `client` (`BEGIN ISOLATION LEVEL REPEATABLE
-    /// READ READ ONLY`). `client` must be idle.
-    pub async fn open(
+    /// Creates temporary slot `name` on a new replication connection, imports
+    /// its snapshot into `client` (idle) and drops the slot: an imported
+    /// snapshot lives as long as the importing transaction.
+    pub async fn temporary(
         source: &SourceConfig,
         name: &str,
         client: Arc<Client>,
     ) -> Result<Self, SnapshotError> {
         let mut slot = ReplicationConnection::connect(source).await?;
         let created = slot.create_slot(name, true, SnapshotAction::Export).await?;
-        let snapshot = created.snapshot_name.ok_or(SnapshotError::NoSnapshot)?;
+        Self::import(&created, client).await
+    }
+
+    /// Imports the snapshot `created` exported into `client` (idle), before
+    /// the creating connection runs any other command.
+    pub async fn import(created: &CreatedSlot, client: Arc<Client>) -> Result<Self, SnapshotError> {
+        let snapshot = created
+            .snapshot_name
+            .as_deref()
+            .ok_or_else(|| SnapshotError::NoSnapshot(created.slot_name.clone()))?;
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
             ))
             .await?;
         Ok(Self {
-            _slot: slot,
             client,
             at: created.consistent_point,
         })
@@ -130,7 +136,7 @@ impl LeaderSnapshot {
         &self.client
     }
 
-    /// Ends the snapshot transaction and drops the temporary slot.
+    /// Ends the snapshot transaction.
     pub async fn finish(self) -> Result<(), SnapshotError> {
         self.client.batch_execute("COMMIT").await?;
         Ok(())

@@ -187,7 +187,6 @@ impl FilterStage {
         }
         Ok(())
     }
-
 }
 
 /// What `relation` is to the model. A model or `secrets` table without the

@@ -315,7 +315,11 @@ fn every_kind_but_public_key_follows_the_rule() {
     let flips = m.end().flips;
     assert_eq!(flips, vec![flip("acme:webservice:w", true)]);
     assert_eq!(m.decide(b"acme:webservice:w"), SetMask::single(0));
-    assert_eq!(m.decide(b"acme:host:h"), SetMask::NONE, "read is not execute");
+    assert_eq!(
+        m.decide(b"acme:host:h"),
+        SetMask::NONE,
+        "read is not execute"
+    );
     assert_eq!(
         m.decide(b"acme:Variable:mixed"),
         SetMask::NONE,

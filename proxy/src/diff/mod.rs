@@ -251,7 +251,7 @@ pub async fn resync_follower(
     model: &Model,
     set_bit: Option<usize>,
     target: Lsn,
-    progress: &mut dyn FnMut(&TableProgress),
+    progress: &mut (dyn FnMut(&TableProgress) + Send),
 ) -> Result<DiffReport, DiffError> {
     let spec = DiffSpec::new(
         follower_name,
@@ -268,7 +268,7 @@ pub async fn verify_follower(
     leader: &Client,
     follower: &Client,
     spec: &DiffSpec<'_>,
-    progress: &mut dyn FnMut(&TableProgress),
+    progress: &mut (dyn FnMut(&TableProgress) + Send),
 ) -> Result<DiffReport, DiffError> {
     let spec = DiffSpec {
         mode: Mode::VerifyOnly,
@@ -284,7 +284,7 @@ pub async fn diff_follower(
     leader: &Client,
     follower: &Client,
     spec: &DiffSpec<'_>,
-    progress: &mut dyn FnMut(&TableProgress),
+    progress: &mut (dyn FnMut(&TableProgress) + Send),
 ) -> Result<DiffReport, DiffError> {
     let started = Instant::now();
     let err = |table: &str, side: Side| sql_error(spec.follower, table, side);
@@ -378,7 +378,7 @@ async fn diff_table(
     follower: &Client,
     spec: &DiffSpec<'_>,
     table: &PublishedTable,
-    progress: &mut dyn FnMut(&TableProgress),
+    progress: &mut (dyn FnMut(&TableProgress) + Send),
 ) -> Result<Option<TableReport>, DiffError> {
     let qualified = table.qualified();
     let err = |side: Side| sql_error(spec.follower, &qualified, side);

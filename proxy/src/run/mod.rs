@@ -11,20 +11,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgsieve_filters::Model;
 use pgsieve_protocol::Lsn;
 use pgsieve_protocol::frame::ReplicationMessage;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls};
 
-use crate::bootstrap::{
-    BootstrapError, LeaderSnapshot, SnapshotError, model_from_tables, snapshot_slot_name,
-};
+use crate::bootstrap::{BootstrapError, SnapshotError};
 use crate::conjur::PublicationFacts;
-use crate::reconcile::{ReconcileError, reconcile_follower};
+use crate::reconcile::ReconcileError;
+
+pub mod start;
 use crate::config::Config;
-use crate::copy::{CopyError, copy_tables, published_tables};
+use crate::copy::CopyError;
 use crate::fanout::{DetachReason, Fanout, SendError, Standing};
 use crate::feedback::Feedback;
 use crate::filter::{FilterStage, FilterStageError};
@@ -33,7 +32,7 @@ use crate::roster::Roster;
 use crate::sink::origin::setup_apply_session;
 use crate::sink::resync::Resync;
 use crate::sink::{ApplyError, GroupLimits, Progress, Sink, SinkSpec};
-use crate::source::{ReplicationConnection, SnapshotAction, SourceConfig, SourceError};
+use crate::source::{ReplicationConnection, SourceConfig, SourceError};
 use crate::txn::assemble::Assembled;
 use crate::txn::{AssembleError, Assembler, TxnEvent};
 
@@ -75,6 +74,24 @@ pub enum RunError {
     /// The publication cannot carry what the decisions need.
     #[error("leader: {0}")]
     Publication(String),
+    /// A follower fell off the stream and `[apply] on_gap = "stop"`.
+    #[error(
+        "follower {follower}: {gap}; not streaming across the gap. Run `pgsieve resync -c <config> --follower {follower}`, or set [apply] on_gap = \"resync\""
+    )]
+    Gap {
+        /// The follower.
+        follower: String,
+        /// Why.
+        gap: start::Gap,
+    },
+    /// The online diff resync of a follower failed.
+    #[error("resynchronizing follower {follower}: {source}")]
+    Resync {
+        /// The follower.
+        follower: String,
+        /// The engine's error.
+        source: Box<crate::diff::DiffError>,
+    },
     /// A frame from the leader is malformed.
     #[error("malformed replication message after {after}: {source}")]
     Frame {
@@ -121,6 +138,8 @@ impl RunError {
             RunError::Bootstrap(_) | RunError::Snapshot(_) => "bootstrap",
             RunError::Reconcile(_) => "reconcile",
             RunError::Publication(_) => "setup",
+            RunError::Gap { .. } => "gap",
+            RunError::Resync { .. } => "resync",
             RunError::Frame { .. } => "frame",
             RunError::Setup(_) => "setup",
             RunError::Metrics(_) => "metrics",
@@ -259,7 +278,7 @@ enum SessionEnd {
     },
 }
 
-struct FollowerSession {
+pub(crate) struct FollowerSession {
     name: String,
     /// `None` while the follower is detached.
     client: Option<Arc<Client>>,
@@ -269,7 +288,7 @@ struct FollowerSession {
     detached: Option<DetachReason>,
 }
 
-fn source_config(config: &Config) -> SourceConfig {
+pub(crate) fn source_config(config: &Config) -> SourceConfig {
     let mut source = SourceConfig::new(config.leader.pg.clone());
     if let Some(tls) = &config.leader.tls {
         source.tls = tls.clone();
@@ -342,86 +361,23 @@ async fn run_session(
     check_publication(&leader, &config.leader.publication).await?;
     let mut repl = ReplicationConnection::connect(&source_config(config)).await?;
     let slot = config.leader.slot.as_str();
-    let slot_info = repl.slot_info(slot).await?;
-    let needs_copy = slot_info.is_none()
-        || followers
-            .iter()
-            .any(|f| f.client.is_some() && f.origin_lsn.is_zero());
-    if needs_copy && followers.iter().any(|f| f.client.is_none()) {
-        // The copy writes every follower from one snapshot of the slot.
-        return Err(unreachable.unwrap_or_else(|| {
-            RunError::Setup("an initial copy needs every follower, and one failed for good".into())
-        }));
-    }
     // A detached follower holds the slot where it was last seen durable, or
     // (not seen by this process) where the slot was confirmed: never beyond
     // its own progress.
-    let held = slot_info
-        .as_ref()
+    let held = repl
+        .slot_info(slot)
+        .await?
         .map_or(Lsn::ZERO, |s| s.confirmed_flush_lsn);
     for (f, standing) in followers.iter_mut().zip(&*standings) {
         if f.client.is_none() {
             f.origin_lsn = standing.last_progress.unwrap_or(held).max(held);
         }
     }
-
-    let (model, start_lsn, model_at) = if needs_copy {
-        if slot_info.is_some() {
-            tracing::warn!(%slot, "A follower has no recorded progress: recreating the slot for a fresh initial copy.");
-            repl.drop_slot(slot).await?;
-        }
-        let created = repl
-            .create_slot(slot, false, SnapshotAction::Export)
-            .await?;
-        let snapshot = created.snapshot_name.clone().ok_or_else(|| {
-            RunError::Setup("the leader exported no snapshot for the new slot".into())
-        })?;
-        leader
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'"
-            ))
-            .await
-            .map_err(sql_err("importing the slot snapshot on the leader"))?;
-        let model = model_from_tables(&leader, specs.clone()).await?;
-        let tables = published_tables(&leader, &config.leader.publication)
-            .await
-            .map_err(sql_err("listing published tables"))?;
-        if tables.is_empty() {
-            return Err(CopyError::EmptyPublication(config.leader.publication.clone()).into());
-        }
-        for f in &mut followers {
-            let Some(client) = &f.client else { continue };
-            let report = copy_tables(
-                &leader,
-                client,
-                &f.name,
-                &tables,
-                &model,
-                f.set_bit,
-                created.consistent_point,
-            )
-            .await?;
-            tracing::info!(follower = %f.name, tables = report.tables.len(), secrets_dropped = report.secrets_dropped, consistent_point = %created.consistent_point, "Initial copy committed.");
-            f.origin_lsn = created.consistent_point;
-        }
-        leader
-            .batch_execute("COMMIT")
-            .await
-            .map_err(sql_err("ending the snapshot transaction"))?;
-        (model, created.consistent_point, Lsn::ZERO)
-    } else {
-        // Resume from the attached follower that is furthest behind, with a
-        // model built from the leader *now* (never from a follower), after
-        // reconciling every follower's secrets with it.
-        let at = followers
-            .iter()
-            .filter(|f| f.client.is_some())
-            .map(|f| f.origin_lsn)
-            .min()
-            .ok_or_else(|| RunError::Setup("no follower".into()))?;
-        let (model, model_at) = leader_model_and_reconcile(config, &leader, &followers, specs.clone()).await?;
-        (model, at, model_at)
-    };
+    let start::Start {
+        model,
+        start_lsn,
+        model_at,
+    } = start::prepare(config, &leader, &mut repl, &mut followers, specs.clone()).await?;
 
     let publication = format!("\"{}\"", config.leader.publication.replace('"', "\"\""));
     let options = [
@@ -686,34 +642,6 @@ async fn check_publication(leader: &Client, publication: &str) -> Result<(), Run
     } else {
         Err(RunError::Publication(problems.join("; ")))
     }
-}
-
-/// Session start without a copy: builds the model from the leader at a
-/// temporary slot's snapshot and reconciles every attached follower that
-/// has a replica set with it. Returns the model and the snapshot's position
-/// (transactions committed before it are in the model).
-async fn leader_model_and_reconcile(
-    config: &Config,
-    leader: &Arc<Client>,
-    followers: &[FollowerSession],
-    specs: Vec<pgsieve_filters::ReplicaSetSpec>,
-) -> Result<(Model, Lsn), RunError> {
-    let snapshot = LeaderSnapshot::open(
-        &source_config(config),
-        &snapshot_slot_name(&config.leader.slot, std::process::id()),
-        leader.clone(),
-    )
-    .await?;
-    let model = model_from_tables(snapshot.client(), specs).await?;
-    for f in followers {
-        if let (Some(client), Some(bit)) = (&f.client, f.set_bit) {
-            reconcile_follower(snapshot.client(), client, &f.name, &model, bit).await?;
-        }
-    }
-    let at = snapshot.at();
-    snapshot.finish().await?;
-    tracing::info!(model_at = %at, "Model built from the leader; followers reconciled.");
-    Ok((model, at))
 }
 
 async fn forward(

@@ -116,15 +116,16 @@ impl Resync {
 
     async fn prepare(&mut self, client: &Client, follower: &str) -> Result<&Prepared, ApplyError> {
         if self.prepared.is_none() {
-            let table = SecretsTable::prepare(client)
-                .await
-                .map_err(|source| ApplyError::Statement {
-                    follower: follower.to_owned(),
-                    commit_lsn: Lsn::ZERO,
-                    table: Arc::from(SECRETS),
-                    op: "prepare resync",
-                    source,
-                })?;
+            let table =
+                SecretsTable::prepare(client)
+                    .await
+                    .map_err(|source| ApplyError::Statement {
+                        follower: follower.to_owned(),
+                        commit_lsn: Lsn::ZERO,
+                        table: Arc::from(SECRETS),
+                        op: "prepare resync",
+                        source,
+                    })?;
             let select_sql = select_sql(&table.leader_select_list());
             self.prepared = Some(Prepared { table, select_sql });
         }
