@@ -274,7 +274,18 @@ fn reconfigure(scene: &Scene, pgsieve: &mut PgsieveProcess, entry: FollowerEntry
         pgsieve.log()
     );
     std::fs::write(pgsieve.config_path(), scene.config(entry).to_toml()).expect("config");
+    let starts = pgsieve.log().matches("Starting replication.").count();
     ok(pgsieve.start_again());
+    // The reconcile runs before the stream starts: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pgsieve.log().matches("Starting replication.").count() == starts {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgsieve did not start streaming again:\n{}",
+            pgsieve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Rows inserted, updated or deleted so far on the follower's tables other

@@ -148,6 +148,17 @@ impl Model {
         })
     }
 
+    /// Every filtered resource (any kind but `public_key`) the model knows a `resources`
+    /// row of, in interning order: what a follower without a replica set may hold secrets
+    /// of besides public keys. Walks every id.
+    pub fn resources(&self) -> impl Iterator<Item = &str> {
+        (0..self.names.len()).filter_map(move |i| {
+            let known = self.owner.get(i).is_some_and(|&o| o != NO_SYM);
+            // `i < names.len()` fits a Sym: the interner hands out u32 handles.
+            known.then(|| self.names.name(i as Sym))
+        })
+    }
+
     /// Rough heap footprint in bytes (ids, per-id state, role graph), for sizing reports.
     pub fn approx_heap_bytes(&self) -> usize {
         use std::mem::size_of;

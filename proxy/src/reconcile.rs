@@ -62,14 +62,15 @@ pub struct ReconcileError {
 }
 
 /// Reconciles `follower` (an apply session, idle) against `model`'s set
-/// `set_bit`, reading backfills through `leader` (inside the model's
+/// `set_bit` (`None`: a follower that holds every secret, so nothing is
+/// purged), reading backfills through `leader` (inside the model's
 /// snapshot). Commits on the follower; the origin is not moved.
 pub async fn reconcile_follower(
     leader: &Client,
     follower: &Client,
     name: &str,
     model: &Model,
-    set_bit: usize,
+    set_bit: Option<usize>,
 ) -> Result<ReconcileReport, ReconcileError> {
     let started = Instant::now();
     let table = SecretsTable::prepare(follower)
@@ -84,7 +85,10 @@ pub async fn reconcile_follower(
         .await
         .map_err(|e| failed(name, "preparing the leader query", e))?;
 
-    let mut in_set: Vec<&str> = model.resources_in(set_bit).collect();
+    let mut in_set: Vec<&str> = match set_bit {
+        Some(bit) => model.resources_in(bit).collect(),
+        None => model.resources().collect(),
+    };
     in_set.sort_unstable();
     in_set.dedup();
 
@@ -123,7 +127,7 @@ pub async fn reconcile_follower(
             if in_set.get(next) == Some(&held) {
                 next += 1;
             }
-            if !model.decide(held.as_bytes()).contains(set_bit) {
+            if set_bit.is_some_and(|bit| !model.decide(held.as_bytes()).contains(bit)) {
                 purge.push(held.to_owned());
             }
         }

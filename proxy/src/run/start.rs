@@ -226,9 +226,7 @@ pub(crate) async fn prepare(
                 f.origin_lsn = at;
             }
             Footing::Resume => {
-                if let Some(bit) = f.set_bit {
-                    reconcile_follower(snapshot.client(), &client, &f.name, &model, bit).await?;
-                }
+                reconcile_follower(snapshot.client(), &client, &f.name, &model, f.set_bit).await?;
             }
         }
     }
