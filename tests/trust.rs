@@ -9,119 +9,20 @@ use std::time::Duration;
 
 use pgsieve::harness::Topology;
 use pgsieve::harness::cluster::CONJUR_DB;
-use pgsieve::harness::compare::{expected_secrets, follower_diff};
+use pgsieve::harness::compare::expected_secrets;
 use pgsieve::harness::conjur::ReplicaSet;
-use pgsieve::harness::generate::{PolicySpec, Population};
+use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess, run_pgsieve};
 use pgsieve::harness::workload::{
     Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
 };
-use pgsieve::setup::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
+use crate::support::scene::Scene;
 use crate::support::{assert_no_leak, never_granted_variables, ok};
-
-const ORIGIN: &str = "pgsieve_pgsieve_trust";
-const SLOT: &str = "pgsieve_trust";
-
-/// A leader with sets east and west, five apps of five variables (app 0's
-/// layer in east, app 1's in west), one follower and its pgsieve, not started.
-struct Scene {
-    topology: Topology,
-    leader: Client,
-    follower: Client,
-    spec: PolicySpec,
-    pop: Population,
-    east: ReplicaSet,
-    west: ReplicaSet,
-}
-
-impl Scene {
-    async fn new(hosts_per_app: usize) -> Scene {
-        let topology = ok(Topology::start(1));
-        let (mut leader, mut followers) = ok(topology.prepare_conjur().await);
-        let east = ReplicaSet::new("east");
-        let west = ReplicaSet::new("west");
-        ok(create_replica_set(&mut leader, &east).await);
-        ok(create_replica_set(&mut leader, &west).await);
-        let spec = PolicySpec::new("acme", 5, 5, 2)
-            .with_seed(11)
-            .with_hosts_per_app(hosts_per_app);
-        let pop = ok(spec.populate(&mut leader).await);
-        ok(grant_layers_to_sets(&leader, &pop.layers[..2], &[east.clone(), west.clone()]).await);
-        Scene {
-            topology,
-            leader,
-            follower: followers.remove(0),
-            spec,
-            pop,
-            east,
-            west,
-        }
-    }
-
-    fn config(&self, entry: FollowerEntry) -> PgsieveConfig {
-        PgsieveConfig::new(&self.topology.leader, SLOT, vec![entry])
-    }
-
-    fn entry(&self, set: Option<&ReplicaSet>) -> FollowerEntry {
-        let f = &self.topology.followers[0];
-        match set {
-            Some(set) => FollowerEntry::filtered("f", f, &set.data_group()),
-            None => FollowerEntry::full("f", f),
-        }
-    }
-
-    /// Waits until the follower applied everything, then asserts its
-    /// `secrets` equal the oracle's projection for `set` (and, with
-    /// `other_tables`, every other table equals the leader's).
-    async fn assert_projection(
-        &self,
-        process: &PgsieveProcess,
-        set: Option<&ReplicaSet>,
-        rule: OracleRule,
-        always: &[&str],
-        step: &str,
-    ) {
-        wait_caught_up(
-            &self.leader,
-            &self.follower,
-            ORIGIN,
-            process,
-            Duration::from_secs(60),
-        )
-        .await;
-        let diff = match set {
-            Some(set) => ok(follower_diff(
-                &self.leader,
-                &self.follower,
-                &["secrets"],
-                &set.data_group(),
-                rule,
-                always,
-            )
-            .await),
-            None => ok(follower_diff(
-                &self.leader,
-                &self.follower,
-                CONJUR_TABLES,
-                "nobody:group:none",
-                rule,
-                &["*"],
-            )
-            .await),
-        };
-        assert!(
-            diff.is_empty(),
-            "after {step}, the follower differs:\n{}\npgsieve log:\n{}",
-            diff.join("\n"),
-            process.log()
-        );
-    }
-}
 
 /// Rows an attacker with write access to the follower plants to pull app 2
 /// and app 4 into east: a membership, a permission, an owner change, and a
@@ -268,24 +169,8 @@ async fn rows_written_on_a_hub_follower_never_widen_any_set_across_a_rewind() {
 
 /// Restarts `pgsieve` with `entry` as its only follower.
 fn reconfigure(scene: &Scene, pgsieve: &mut PgsieveProcess, entry: FollowerEntry) {
-    assert!(
-        pgsieve.terminate(Duration::from_secs(20)).is_some(),
-        "pgsieve did not stop:\n{}",
-        pgsieve.log()
-    );
     std::fs::write(pgsieve.config_path(), scene.config(entry).to_toml()).expect("config");
-    let starts = pgsieve.log().matches("Starting replication.").count();
-    ok(pgsieve.start_again());
-    // The reconcile runs before the stream starts: wait for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while pgsieve.log().matches("Starting replication.").count() == starts {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pgsieve did not start streaming again:\n{}",
-            pgsieve.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    scene.restart(pgsieve);
 }
 
 /// Rows inserted, updated or deleted so far on the follower's tables other

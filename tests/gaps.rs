@@ -1,0 +1,365 @@
+//! A follower that fell off the stream is brought back by an online diff
+//! resync, never resumed across the gap (ARCHITECTURE.md, "Session start and
+//! gaps"): a follower restored from an old copy of its data directory, a slot
+//! dropped or invalidated while pgsieve was stopped. A sampler counts rows
+//! throughout: no table is ever emptied on the way, and no revoked secret is
+//! held at any sample. The oracles are the leader's own tables and the
+//! from-scratch visibility query.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pgsieve::harness::cluster::{CONJUR_DB, connect_url};
+use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
+use pgsieve::harness::oracle::OracleRule;
+use pgsieve::harness::process::{PgsieveProcess, run_pgsieve};
+use pgsieve::harness::workload::{Change, apply_changes, rotate_secret};
+
+use crate::support::scene::{SLOT, Scene, wait_streaming};
+use crate::support::{assert_no_leak, ok};
+
+/// Tables the sampler watches: none may ever be seen empty once copied.
+const SAMPLED: [&str; 4] = ["roles", "resources", "role_memberships", "secrets"];
+
+/// Samples row counts of [`SAMPLED`] on a follower until stopped; returns
+/// the samples taken and every sample that found a table empty.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Sampler {
+    fn spawn(url: String) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut samples, mut empty) = (0u64, Vec::new());
+            let mut client = None;
+            while !flag.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = connect_url(&url).await.ok();
+                }
+                if let Some(c) = &client {
+                    let sql = SAMPLED
+                        .iter()
+                        .map(|t| format!("(SELECT count(*) FROM public.{t})"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    match c.query_one(&format!("SELECT {sql}"), &[]).await {
+                        Ok(row) => {
+                            samples += 1;
+                            for (i, t) in SAMPLED.iter().enumerate() {
+                                if row.get::<_, i64>(i) == 0 {
+                                    empty.push(format!("{t} empty at sample {samples}"));
+                                }
+                            }
+                        }
+                        Err(_) => client = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (samples, empty)
+        });
+        Sampler { stop, task }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("sampler task")
+    }
+}
+
+/// Leader changes of every kind: a grant and a revoke into east, a role
+/// inserted and one deleted, an update, a truncate. Returns the revoked
+/// variables (outside east from then on).
+async fn leader_changes(scene: &Scene, round: usize) -> Vec<String> {
+    let east = scene.east.data_group();
+    let v = |app: usize, var: usize| scene.pop.variables[app * 5 + var].clone();
+    ok(apply_changes(
+        &scene.leader,
+        None,
+        &[
+            // Grant app 2's layer; revoke app 0's.
+            Change::GrantRole {
+                role: scene.pop.layers[2].clone(),
+                member: east.clone(),
+            },
+            Change::RevokeRole {
+                role: scene.pop.layers[0].clone(),
+                member: east,
+            },
+        ],
+    )
+    .await);
+    scene
+        .leader
+        .batch_execute(&format!(
+            "INSERT INTO public.roles (role_id) VALUES ('acme:user:gap-{round}'); \
+             DELETE FROM public.roles WHERE role_id = 'acme:user:gap-{}'; \
+             UPDATE public.secrets SET expires_at = now() WHERE resource_id = '{}'; \
+             TRUNCATE public.annotations;",
+            round.wrapping_sub(1),
+            v(2, 0),
+        ))
+        .await
+        .expect("leader changes");
+    ok(rotate_secret(&scene.leader, &v(0, 0), b"after the revoke", None).await);
+    (0..5).map(|var| v(0, var)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restored_from_an_old_copy_is_resynced_not_resumed() {
+    let mut scene = Scene::new(0).await;
+    let mut pgsieve = ok(PgsieveProcess::start(
+        &scene.config(scene.entry(Some(&scene.east))),
+    ));
+    let east = scene.east.clone();
+    scene
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "the initial copy",
+        )
+        .await;
+
+    // A backup of the follower's data directory, taken cold.
+    let backup = tempfile::tempdir().expect("tempdir");
+    scene.topology.followers[0].stop_fast();
+    let data = scene.topology.followers[0].data_dir();
+    let saved = backup.path().join("data");
+    copy_dir(&data, &saved);
+    ok(scene.topology.followers[0].start_again());
+    scene.follower = ok(scene.topology.followers[0].connect(CONJUR_DB).await);
+
+    // Changes the slot then confirms (pgsieve applies them and reports).
+    let revoked = leader_changes(&scene, 1).await;
+    scene
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "the changes",
+        )
+        .await;
+    wait_slot_confirmed_past_changes(&scene).await;
+
+    // Restore the old copy under a stopped pgsieve.
+    assert!(pgsieve.terminate(Duration::from_secs(20)).is_some());
+    scene.topology.followers[0].stop_fast();
+    std::fs::remove_dir_all(&data).expect("removing the data directory");
+    copy_dir(&saved, &data);
+    ok(scene.topology.followers[0].start_again());
+    scene.follower = ok(scene.topology.followers[0].connect(CONJUR_DB).await);
+    let url = scene.topology.followers[0].url(CONJUR_DB);
+
+    // on_gap = "stop": one line naming the follower and the fix, exit 1.
+    let stop_config = {
+        let mut c = scene.config(scene.entry(Some(&scene.east)));
+        c.extra = "[apply]\non_gap = \"stop\"\n".into();
+        c
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stop.toml");
+    std::fs::write(&path, stop_config.to_toml()).expect("config");
+    let (code, _, stderr) = ok(run_pgsieve(
+        &["run", "-c", path.to_str().expect("utf-8")],
+        Duration::from_secs(60),
+    ));
+    assert_eq!(code, Some(1), "on_gap = stop must exit 1:\n{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("not streaming across the gap"))
+        .unwrap_or_else(|| panic!("no gap line in:\n{stderr}"));
+    assert!(
+        line.contains("follower f") && line.contains("pgsieve resync"),
+        "the line names the follower and the fix: {line}"
+    );
+
+    // on_gap = "resync" (default): the follower is brought to the leader.
+    // The restored copy holds the revoked variables' secrets (it predates
+    // the revoke): the resync purges them before the stream starts, and they
+    // never come back.
+    let sampler = Sampler::spawn(url.clone());
+    let starts = pgsieve.log().matches("Starting replication.").count();
+    ok(pgsieve.start_again());
+    wait_streaming(&pgsieve, starts + 1);
+    let watch = LeakWatch::spawn(
+        vec![LeakWatched {
+            url,
+            never_granted: revoked,
+        }],
+        Duration::from_millis(20),
+    );
+    leader_changes(&scene, 2).await;
+    scene
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "the resync",
+        )
+        .await;
+    scene
+        .assert_equal_to_leader(&pgsieve, &east, "the resync")
+        .await;
+    let (samples, empty) = sampler.stop().await;
+    assert!(samples > 5, "the sampler took {samples} samples");
+    assert!(empty.is_empty(), "a table was emptied: {empty:?}");
+    assert_no_leak(&ok(watch.stop().await), 5, &pgsieve.log());
+    assert!(
+        pgsieve
+            .log()
+            .contains("resynchronizing the follower online"),
+        "no resync in the log:\n{}",
+        pgsieve.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_dropped_or_lost_while_stopped_leads_to_a_resync() {
+    let scene = Scene::new(0).await;
+    let mut pgsieve = ok(PgsieveProcess::start(
+        &scene.config(scene.entry(Some(&scene.east))),
+    ));
+    let east = scene.east.clone();
+    scene
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "the initial copy",
+        )
+        .await;
+
+    // Dropped while pgsieve is stopped.
+    assert!(pgsieve.terminate(Duration::from_secs(20)).is_some());
+    // The walsender may outlive pgsieve by a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = scene
+        .leader
+        .execute("SELECT pg_drop_replication_slot($1)", &[&SLOT])
+        .await
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dropping the slot: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leader_changes(&scene, 1).await;
+    let starts = pgsieve.log().matches("Starting replication.").count();
+    ok(pgsieve.start_again());
+    wait_streaming(&pgsieve, starts + 1);
+    scene
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "a dropped slot",
+        )
+        .await;
+    assert!(
+        pgsieve.log().contains("the slot is missing"),
+        "{}",
+        pgsieve.log()
+    );
+
+    // Invalidated by max_slot_wal_keep_size while pgsieve is stopped.
+    assert!(pgsieve.terminate(Duration::from_secs(20)).is_some());
+    sql_each(
+        &scene.leader,
+        &[
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+            "SELECT pg_reload_conf()",
+        ],
+    )
+    .await;
+    leader_changes(&scene, 2).await;
+    for _ in 0..4 {
+        sql_each(
+            &scene.leader,
+            &[
+                "CREATE TEMP TABLE IF NOT EXISTS filler (x text)",
+                "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
+                "SELECT pg_switch_wal()",
+                "CHECKPOINT",
+            ],
+        )
+        .await;
+    }
+    let status: String = scene
+        .leader
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
+        )
+        .await
+        .expect("wal_status")
+        .get(0);
+    assert_eq!(status, "lost", "the slot should be invalidated");
+    sql_each(
+        &scene.leader,
+        &[
+            "ALTER SYSTEM RESET max_slot_wal_keep_size",
+            "SELECT pg_reload_conf()",
+        ],
+    )
+    .await;
+    let starts = pgsieve.log().matches("Starting replication.").count();
+    ok(pgsieve.start_again());
+    wait_streaming(&pgsieve, starts + 1);
+    scene
+        .assert_projection(
+            &pgsieve,
+            Some(&east),
+            OracleRule::Execute,
+            &[],
+            "a lost slot",
+        )
+        .await;
+    assert!(
+        pgsieve.log().contains("wal_status = lost"),
+        "{}",
+        pgsieve.log()
+    );
+}
+
+/// Waits until the slot's confirmed position has passed the leader's WAL
+/// insert position now (so the changes before are confirmed).
+async fn wait_slot_confirmed_past_changes(scene: &Scene) {
+    let target = ok(pgsieve::harness::invariants::current_wal_insert_lsn(&scene.leader).await);
+    ok(pgsieve::harness::invariants::wait_slot_flush_at_least(
+        &scene.leader,
+        SLOT,
+        target,
+        Duration::from_secs(60),
+    )
+    .await);
+}
+
+/// Runs each statement on its own (outside any transaction block).
+async fn sql_each(client: &tokio_postgres::Client, statements: &[&str]) {
+    for sql in statements {
+        client.batch_execute(sql).await.expect(sql);
+    }
+}
+
+/// `cp -a from to` (`to` must not exist): the data directory keeps its owner
+/// and modes.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -a {from:?} {to:?}");
+}
