@@ -6,6 +6,7 @@ mod conformance;
 mod crash;
 mod demo;
 mod docker_kit;
+mod failover;
 mod gaps;
 mod harness;
 mod hub;

@@ -24,6 +24,7 @@ pub fn accepts_connections(port: u16) -> bool {
 
 pub mod mix;
 pub mod probe;
+pub mod sampler;
 pub mod scene;
 
 use pgsieve::harness::generate::PolicySpec;

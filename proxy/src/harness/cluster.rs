@@ -128,6 +128,52 @@ impl Cluster {
     /// Initialises and starts a cluster, then creates the `conjur` database and the
     /// `replicator` role. On failure the error holds the server log's tail.
     pub fn start(spec: ClusterSpec) -> Result<Cluster, HarnessError> {
+        let mut cluster = Cluster::empty(spec)?;
+        cluster.init()?;
+        cluster.start_on_free_port()?;
+        cluster.bootstrap()?;
+        Ok(cluster)
+    }
+
+    /// A physical streaming standby of `primary` (`pg_basebackup -R`), started:
+    /// the way a Conjur leader's auto-failover candidate is made. Its profile
+    /// is the primary's (it becomes a leader when promoted).
+    pub fn start_standby(name: &str, primary: &Cluster) -> Result<Cluster, HarnessError> {
+        let spec = ClusterSpec {
+            name: name.to_owned(),
+            profile: primary.spec.profile,
+            conf: Vec::new(),
+        };
+        let mut cluster = Cluster::empty(spec)?;
+        let out = cluster
+            .as_owner(Command::new(cluster.bindir.join("pg_basebackup")))
+            .arg("-D")
+            .arg(cluster.data_dir())
+            .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
+            .arg(primary.host())
+            .arg("-p")
+            .arg(primary.port().to_string())
+            .output()
+            .map_err(|e| HarnessError::io("running pg_basebackup", e))?;
+        check(&out, || format!("pg_basebackup of {name}"))?;
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    /// Promotes a standby (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&mut self) -> Result<(), HarnessError> {
+        let out = self
+            .as_owner(Command::new(self.bindir.join("pg_ctl")))
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-t", "60", "promote"])
+            .output()
+            .map_err(|e| HarnessError::io("running pg_ctl promote", e))?;
+        check(&out, || format!("promoting {}", self.spec.name))
+    }
+
+    /// A cluster dir (owned by the server's user) without a data directory.
+    fn empty(spec: ClusterSpec) -> Result<Cluster, HarnessError> {
         reap_orphans_once();
         let bindir = bindir()?.to_path_buf();
         let owner = server_owner()?;
@@ -143,18 +189,14 @@ impl Cluster {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .map_err(|e| HarnessError::io("chown of the cluster dir to postgres", e))?;
         }
-        let mut cluster = Cluster {
+        Ok(Cluster {
             spec,
             port: 0,
             dir: Some(dir),
             bindir,
             owner,
             running: false,
-        };
-        cluster.init()?;
-        cluster.start_on_free_port()?;
-        cluster.bootstrap()?;
-        Ok(cluster)
+        })
     }
 
     /// Starts several clusters in parallel (one thread each). If one fails, the others
