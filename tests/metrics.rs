@@ -71,7 +71,11 @@ async fn metrics_count_the_workload_and_probes_follow_the_pipeline() {
             &group,
         )],
     );
-    config.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nmax_lag_bytes = {MAX_LAG}\n");
+    // No heartbeats: this test counts every leader transaction it makes.
+    config.extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\nmax_lag_bytes = {MAX_LAG}\n\
+         [heartbeat]\ninterval_ms = 0\n"
+    );
     let pgsieve = ok(PgsieveProcess::start(&config));
     let health = poll(port, "/healthz", "health before streaming", &pgsieve, |r| {
         r.status == 200
@@ -215,7 +219,13 @@ async fn metrics_count_the_workload_and_probes_follow_the_pipeline() {
     );
     assert_eq!(sample(m, "pgsieve_streaming", &[]), Some(1.0), "{m}");
     assert_eq!(count(m, "pgsieve_reconnects_total", &[]), 0, "{m}");
-    assert!(!m.contains("pgsieve_errors_total{"), "{m}");
+    // Error series exist at 0 (for alerts' increase()), and stay there.
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("pgsieve_errors_total{"))
+            .all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
     let health = get(port, "/healthz").await.expect("healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     let ready = get(port, "/readyz").await.expect("readyz");

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod fanout;
 pub mod feedback;
 pub mod filter;
+pub mod heartbeat;
 pub mod metrics;
 pub mod report;
 pub mod roster;

@@ -89,6 +89,11 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// Lag bound for readiness.
     pub max_lag_bytes: u64,
+    /// A follower whose applied position stands still this long while the
+    /// leader's moves is reported stalled (metric, log, `/readyz`).
+    pub stall_after: Duration,
+    /// Interval of heartbeat messages on the leader; `None`: off.
+    pub heartbeat_interval: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
     /// Tracing filter.
@@ -200,6 +205,11 @@ impl Config {
             apply,
             metrics_listen: raw.metrics.listen.clone(),
             max_lag_bytes: raw.metrics.max_lag_bytes.unwrap_or(64 * 1024 * 1024),
+            stall_after: Duration::from_millis(raw.metrics.stall_after_ms.unwrap_or(60_000).max(1)),
+            heartbeat_interval: match raw.heartbeat.interval_ms.unwrap_or(10_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms.max(100))),
+            },
             log_format,
             log_level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
         })

@@ -144,6 +144,10 @@ pub struct Progress {
     last_apply_micros: AtomicU64,
     /// Leader commit time (µs since 2000) of the last applied transaction, 0 if none.
     last_commit_time: AtomicI64,
+    /// Newest leader commit time (µs since 2000) among the leader
+    /// transactions durably committed on the follower (heartbeats
+    /// included), 0 if none; progress-only commits never set it.
+    newest_leader_commit: AtomicI64,
 }
 
 impl Progress {
@@ -173,6 +177,23 @@ impl Progress {
     /// Unix time (µs) of the last follower commit, 0 if none.
     pub fn last_apply_micros(&self) -> u64 {
         self.last_apply_micros.load(Ordering::Acquire)
+    }
+
+    /// The newest leader commit time durably applied (a real leader
+    /// transaction, never a progress-only commit): the lag in seconds is
+    /// its age. `None` before the first one of this session.
+    pub fn newest_leader_commit(&self) -> Option<PgTimestamp> {
+        match self.newest_leader_commit.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(PgTimestamp(t)),
+        }
+    }
+
+    fn record_leader_commits(&self, commit_times: &[PgTimestamp]) {
+        if let Some(newest) = commit_times.iter().map(|t| t.0).max() {
+            self.newest_leader_commit
+                .fetch_max(newest, Ordering::AcqRel);
+        }
     }
 
     /// Leader commit time of the last transaction committed on the
@@ -461,9 +482,18 @@ impl Sink {
     /// Applies one event.
     pub async fn handle(&mut self, event: &TxnEvent) -> Result<(), ApplyError> {
         match self.handle_event(event).await {
-            Err(e) => Err(self.root_cause(e).await),
+            Err(e) => Err(self.failed(e).await),
             ok => ok,
         }
+    }
+
+    /// The error to report for `error` (its root cause), remembered for
+    /// `pgsieve status`.
+    async fn failed(&mut self, error: ApplyError) -> ApplyError {
+        let error = self.root_cause(error).await;
+        self.metrics
+            .apply_failed(crate::report::error_chain(&error));
+        error
     }
 
     /// A statement sent outside the pipeline (a lazy prepare, a catalog
@@ -885,7 +915,7 @@ impl Sink {
     /// boundary, recording the last applied end LSN as origin progress.
     pub async fn commit_group(&mut self) -> Result<(), ApplyError> {
         match self.commit_open_group().await {
-            Err(e) => Err(self.root_cause(e).await),
+            Err(e) => Err(self.failed(e).await),
             ok => ok,
         }
     }
@@ -927,6 +957,7 @@ impl Sink {
         self.pipeline.drain().await.map_err(|e| self.fail(e))?;
         self.stats.follower_commits += 1;
         self.progress.record(group.last_end, group.last_time);
+        self.progress.record_leader_commits(&self.commit_times);
         self.metrics.committed(&self.commit_times);
         self.commit_times.clear();
         Ok(())
