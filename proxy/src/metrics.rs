@@ -1005,3 +1005,84 @@ fn lag(state: &State, f: &Watched) -> (u64, f64) {
     };
     (bytes, seconds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn config(stall_after_ms: u64) -> Config {
+        let raw = RawConfig::parse(&format!(
+            "[leader]\nurl = \"postgresql://replicator@127.0.0.1:1/conjur\"\n\
+             [[follower]]\nname = \"stall-unit\"\nurl = \"postgresql://postgres@127.0.0.1:1/conjur\"\n\
+             [metrics]\nstall_after_ms = {stall_after_ms}\n"
+        ))
+        .unwrap();
+        Config::resolve_with_env(&raw, |_| None).unwrap()
+    }
+
+    fn health(name: &str, applied: u64, detached: Option<&str>) -> FollowerHealth {
+        FollowerHealth {
+            name: name.into(),
+            progress: Progress::starting_at(Lsn(applied)),
+            client: None,
+            detached: detached.map(str::to_owned),
+        }
+    }
+
+    fn stalled(telemetry: &Telemetry) -> Vec<bool> {
+        telemetry
+            .shared
+            .observe()
+            .iter()
+            .map(|o| o.stalled)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_follower_is_stalled_only_when_behind_and_not_moving_for_long_enough() {
+        let telemetry = Telemetry::start(&config(30)).await.unwrap();
+        let beat = telemetry.heartbeat_reporter();
+        // Caught up: never stalled, however long.
+        let feedback = Feedback::new(Vec::new());
+        let guard = telemetry.streaming(feedback.clone(), vec![health("stall-unit", 100, None)]);
+        beat.written(Lsn(100), Some(0));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(stalled(&telemetry), [false]);
+        // The leader moves (a heartbeat) and the follower does not: stalled
+        // once the threshold has passed since it fell behind, not before.
+        beat.written(Lsn(200), Some(0));
+        assert_eq!(stalled(&telemetry), [false]);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(stalled(&telemetry), [true]);
+        // (/readyz's stall reason is checked end to end in tests/ops_kit.rs:
+        // here the follower has no session, which /readyz reports first.)
+        assert!(telemetry.shared.readiness().is_err());
+        // A new session whose follower applied more: no longer stalled,
+        // though still behind (the clock restarts).
+        drop(guard);
+        let guard = telemetry.streaming(feedback.clone(), vec![health("stall-unit", 150, None)]);
+        assert_eq!(stalled(&telemetry), [false]);
+        // A detached follower is reported as detached, not as stalled.
+        drop(guard);
+        let _guard = telemetry.streaming(feedback, vec![health("stall-unit", 150, Some("slow"))]);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(stalled(&telemetry), [false]);
+        let status = telemetry.shared.runtime_status();
+        assert_eq!(status.state, "streaming");
+        assert_eq!(status.followers[0].detached_reason.as_deref(), Some("slow"));
+        assert_eq!(status.followers[0].applied_lsn, "0/96");
+        assert!(status.last_heartbeat.is_some());
+    }
+
+    #[tokio::test]
+    async fn nothing_is_stalled_during_the_initial_copy() {
+        let telemetry = Telemetry::start(&config(1)).await.unwrap();
+        telemetry.heartbeat_reporter().written(Lsn(500), None);
+        // Before the first streaming() the process is starting: no followers
+        // are judged, and /status lists none.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(stalled(&telemetry).is_empty());
+        assert_eq!(telemetry.shared.runtime_status().state, "starting");
+    }
+}
