@@ -320,6 +320,11 @@ fn tool_passes(tool: &str, args: &[&str]) {
 #[test]
 fn alert_rules_pass_promtool_with_a_firing_and_a_quiet_case_each() {
     tool_passes("promtool", &["check", "rules", "prometheus/alerts.yaml"]);
+    // The kit's Prometheus config (it loads the rules) is valid too.
+    tool_passes(
+        "promtool",
+        &["check", "config", "prometheus/prometheus.yml"],
+    );
     tool_passes(
         "promtool",
         &["test", "rules", "prometheus/alerts.test.yaml"],
