@@ -863,9 +863,16 @@ impl Shared {
         let mut out = Vec::with_capacity(state.followers.len());
         for f in &state.followers {
             let applied = f.progress.committed_end();
+            let session = f.progress.statements();
             let mut track = f.record.track();
-            if applied > track.applied {
-                track.applied = applied;
+            // Moving: a higher applied position, or more statements taken by
+            // the follower in the same session (a long leader transaction
+            // that has not committed yet). A new session's replay alone is
+            // not progress: a reconnect loop still stalls.
+            let worked = track.session.0 == session.0 && session.1 > track.session.1;
+            track.session = session;
+            if applied > track.applied || worked {
+                track.applied = track.applied.max(applied);
                 track.waiting_since = None;
             }
             if leader <= track.applied {
@@ -1039,21 +1046,34 @@ mod tests {
             .collect()
     }
 
+    fn guard_progress(telemetry: &Telemetry) -> Arc<Progress> {
+        telemetry.shared.lock().followers[0].progress.clone()
+    }
+
     #[tokio::test]
     async fn a_follower_is_stalled_only_when_behind_and_not_moving_for_long_enough() {
-        let telemetry = Telemetry::start(&config(30)).await.unwrap();
+        let telemetry = Telemetry::start(&config(1000)).await.unwrap();
         let beat = telemetry.heartbeat_reporter();
         // Caught up: never stalled, however long.
         let feedback = Feedback::new(Vec::new());
         let guard = telemetry.streaming(feedback.clone(), vec![health("stall-unit", 100, None)]);
         beat.written(Lsn(100), Some(0));
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(stalled(&telemetry), [false]);
-        // The leader moves (a heartbeat) and the follower does not: stalled
-        // once the threshold has passed since it fell behind, not before.
+        // The leader moves (a heartbeat) and the follower's position does
+        // not, but it takes statements (a long transaction applying): busy,
+        // not stalled.
         beat.written(Lsn(200), Some(0));
         assert_eq!(stalled(&telemetry), [false]);
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        let progress = guard_progress(&telemetry);
+        for _ in 0..8 {
+            progress.worked();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(stalled(&telemetry), [false]);
+        }
+        // Nothing moves: stalled once the threshold has passed, not before.
+        assert_eq!(stalled(&telemetry), [false]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(stalled(&telemetry), [true]);
         // (/readyz's stall reason is checked end to end in tests/ops_kit.rs:
         // here the follower has no session, which /readyz reports first.)
@@ -1066,7 +1086,7 @@ mod tests {
         // A detached follower is reported as detached, not as stalled.
         drop(guard);
         let _guard = telemetry.streaming(feedback, vec![health("stall-unit", 150, Some("slow"))]);
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(stalled(&telemetry), [false]);
         let status = telemetry.shared.runtime_status();
         assert_eq!(status.state, "streaming");

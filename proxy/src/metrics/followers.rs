@@ -39,6 +39,9 @@ impl Event {
 pub(crate) struct Track {
     /// Highest applied end LSN seen.
     pub applied: Lsn,
+    /// The session and its statement count last seen
+    /// ([`Progress::statements`](crate::sink::Progress::statements)).
+    pub session: (u64, u64),
     /// Since when the follower has been behind the leader without moving.
     pub waiting_since: Option<Instant>,
     /// Reported stalled (a warning was logged).
@@ -69,6 +72,7 @@ impl FollowerRecord {
             last_resync: Mutex::new(None),
             track: Mutex::new(Track {
                 applied: Lsn::ZERO,
+                session: (0, 0),
                 waiting_since: None,
                 stalled: false,
                 newest_leader_commit: None,

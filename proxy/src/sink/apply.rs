@@ -148,12 +148,22 @@ pub struct Progress {
     /// transactions durably committed on the follower (heartbeats
     /// included), 0 if none; progress-only commits never set it.
     newest_leader_commit: AtomicI64,
+    /// Statements the follower has taken into the pipeline: moves while a
+    /// long leader transaction applies, before its commit moves the LSN
+    /// (the stall detector's sign of work).
+    statements: AtomicU64,
+    /// Unique per `Progress` in this process (one per streaming session).
+    session: u64,
 }
 
 impl Progress {
     /// A progress starting at `lsn` (the origin's value at start).
     pub fn starting_at(lsn: Lsn) -> Arc<Self> {
-        let p = Self::default();
+        static SESSIONS: AtomicU64 = AtomicU64::new(1);
+        let p = Self {
+            session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            ..Self::default()
+        };
         p.committed_end.store(lsn.0, Ordering::Release);
         Arc::new(p)
     }
@@ -187,6 +197,17 @@ impl Progress {
             0 => None,
             t => Some(PgTimestamp(t)),
         }
+    }
+
+    /// `(session, statements)`: which session this progress belongs to
+    /// (unique in the process) and how many statements the follower has
+    /// taken in it so far.
+    pub fn statements(&self) -> (u64, u64) {
+        (self.session, self.statements.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn worked(&self) {
+        self.statements.fetch_add(1, Ordering::AcqRel);
     }
 
     fn record_leader_commits(&self, commit_times: &[PgTimestamp]) {
@@ -453,7 +474,9 @@ impl Sink {
         self.pipeline
             .push_weighted(future, context, weight)
             .await
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        self.progress.worked();
+        Ok(())
     }
 
     async fn push_control(&mut self, which: Control, commit_lsn: Lsn) -> Result<(), ApplyError> {
@@ -1035,7 +1058,9 @@ impl Sink {
         self.pipeline
             .push(future, context)
             .await
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        self.progress.worked();
+        Ok(())
     }
 }
 
