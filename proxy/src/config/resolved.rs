@@ -365,6 +365,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn heartbeat_and_stall_settings() {
+        let resolve = |extra: &str| {
+            let text = format!("[leader]\nurl = \"host=l user=r dbname=conjur\"\n{extra}");
+            Config::resolve_with_env(&RawConfig::parse(&text).unwrap(), |_| None).unwrap()
+        };
+        let defaults = resolve("");
+        assert_eq!(defaults.heartbeat_interval, Some(Duration::from_secs(10)));
+        assert_eq!(defaults.stall_after, Duration::from_secs(60));
+        let off = resolve("[heartbeat]\ninterval_ms = 0\n[metrics]\nstall_after_ms = 2500\n");
+        assert_eq!(off.heartbeat_interval, None);
+        assert_eq!(off.stall_after, Duration::from_millis(2500));
+        let fast = resolve("[heartbeat]\ninterval_ms = 5\n");
+        assert_eq!(fast.heartbeat_interval, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
     fn short_and_full_replica_set_names() {
         let want = "system:group:conjur/replication-sets/us-east/replicated-data";
         assert_eq!(data_group_id("us-east", "system"), want);
