@@ -39,8 +39,13 @@ fn free_address() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// The follower role the kit creates (`docker/postgres/follower-roles.sql`).
+const FOLLOWER_ROLE: &str = "pgsieve";
+
 /// The overrides a deployment would set: where the databases are, where the
-/// password files and the spool live, where metrics listen.
+/// password files and the spool live, where metrics listen; and TLS off,
+/// because the harness leader has no certificate (the kit's `verify-full`
+/// is exercised by tests/source.rs's TLS tests).
 fn overrides(
     leader_url: String,
     follower: &Cluster,
@@ -49,11 +54,19 @@ fn overrides(
 ) -> Vec<(String, String)> {
     vec![
         ("PGSIEVE_LEADER_URL".into(), leader_url),
+        ("PGSIEVE_LEADER_TLS".into(), "disable".into()),
         (
             "PGSIEVE_LEADER_PASSWORD_FILE".into(),
             secrets.join("replicator_password").display().to_string(),
         ),
-        ("PGSIEVE_FOLLOWER_0_URL".into(), follower.url(CONJUR_DB)),
+        (
+            "PGSIEVE_FOLLOWER_0_URL".into(),
+            format!(
+                "postgresql://{FOLLOWER_ROLE}@{}:{}/{CONJUR_DB}",
+                follower.host(),
+                follower.port()
+            ),
+        ),
         (
             "PGSIEVE_FOLLOWER_0_PASSWORD_FILE".into(),
             secrets.join("follower_password").display().to_string(),
@@ -98,6 +111,11 @@ fn compose_kubernetes_and_dockerfile_use_the_kit_files() {
     for conf in ["common.conf", "leader.conf", "follower.conf"] {
         assert!(kit(&format!("postgres/{conf}")).is_file(), "{conf} missing");
     }
+    let roles = read("postgres/initdb/20-conjur.sh");
+    assert!(roles.contains("$conf_dir/$PGSIEVE_ROLE-roles.sql"));
+    for sql in ["leader-roles.sql", "follower-roles.sql"] {
+        assert!(kit(&format!("postgres/{sql}")).is_file(), "{sql} missing");
+    }
     let dockerfile = read("Dockerfile");
     assert!(dockerfile.contains("/etc/pgsieve/pgsieve.toml"));
     assert!(dockerfile.contains("USER 10001"));
@@ -124,6 +142,14 @@ fn compose_kubernetes_and_dockerfile_use_the_kit_files() {
 async fn kit_configs_run_two_sidecars_that_filter_by_their_sets() {
     let topology = ok(Topology::start(2));
     let (mut leader, followers) = ok(topology.prepare_conjur().await);
+    // The sidecars apply as the kit's non-superuser follower role.
+    let role_sql = read("postgres/follower-roles.sql").replace(":'pw'", "'unused'");
+    for follower in &followers {
+        follower
+            .batch_execute(&role_sql)
+            .await
+            .expect("docker/postgres/follower-roles.sql on a follower");
+    }
     let sets = [ReplicaSet::new("us-east"), ReplicaSet::new("eu-west")];
     for set in &sets {
         ok(create_replica_set(&mut leader, set).await);

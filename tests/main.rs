@@ -13,6 +13,7 @@ mod hub;
 mod inspect;
 mod latency;
 mod metrics;
+mod ops_kit;
 mod oracle;
 mod partial;
 mod replication;

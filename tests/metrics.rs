@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::PolicySpec;
-use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
+use pgsieve::harness::process::PgsieveProcess;
 use pgsieve::harness::workload::{
     Change, add_secret, apply_changes, create_replica_set, fake_ciphertext, rotate_secret,
     set_expiration,
@@ -22,7 +22,9 @@ use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
 use crate::support::ok;
-use crate::support::probe::{PROBE, count, free_port, get, lock_secrets, poll, sample};
+use crate::support::probe::{
+    PROBE, count, free_port, get, lock_secrets, poll, probed_config, sample,
+};
 
 /// `[metrics] max_lag_bytes` of the test: above idle noise, below one big value.
 const MAX_LAG: u64 = 64 * 1024;
@@ -62,16 +64,15 @@ async fn metrics_count_the_workload_and_probes_follow_the_pipeline() {
     let port = free_port();
     let slot = "pgsieve_metrics";
     let origin = format!("pgsieve_{slot}");
-    let mut config = PgsieveConfig::new(
-        &topology.leader,
+    // No heartbeats: this test counts every leader transaction it makes.
+    let config = probed_config(
+        &topology,
         slot,
-        vec![FollowerEntry::filtered(
-            "east",
-            &topology.followers[0],
-            &group,
-        )],
+        ("east", &group),
+        port,
+        &format!("max_lag_bytes = {MAX_LAG}\n"),
+        "[heartbeat]\ninterval_ms = 0\n",
     );
-    config.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nmax_lag_bytes = {MAX_LAG}\n");
     let pgsieve = ok(PgsieveProcess::start(&config));
     let health = poll(port, "/healthz", "health before streaming", &pgsieve, |r| {
         r.status == 200
@@ -215,7 +216,13 @@ async fn metrics_count_the_workload_and_probes_follow_the_pipeline() {
     );
     assert_eq!(sample(m, "pgsieve_streaming", &[]), Some(1.0), "{m}");
     assert_eq!(count(m, "pgsieve_reconnects_total", &[]), 0, "{m}");
-    assert!(!m.contains("pgsieve_errors_total{"), "{m}");
+    // Error series exist at 0 (for alerts' increase()), and stay there.
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("pgsieve_errors_total{"))
+            .all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
     let health = get(port, "/healthz").await.expect("healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     let ready = get(port, "/readyz").await.expect("readyz");

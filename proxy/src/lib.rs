@@ -16,6 +16,7 @@ pub mod diff;
 pub mod fanout;
 pub mod feedback;
 pub mod filter;
+pub mod heartbeat;
 pub mod metrics;
 pub mod reconcile;
 pub mod report;

@@ -9,9 +9,13 @@
 //!
 //! [`Telemetry`] owns the global Prometheus recorder and, when `[metrics]
 //! listen` is set, the HTTP endpoints ([`http`]): `/metrics`, `/healthz`
-//! (the process is up) and `/readyz` (streaming, every follower connected
-//! and within `max_lag_bytes`).
+//! (the process is up), `/readyz` (streaming, every follower connected,
+//! not stalled and within `max_lag_bytes`) and `/status` (per follower
+//! state as JSON, read by `pgsieve status`). A watch task checks every
+//! follower once a second for stalls (applied position standing still while
+//! the leader's moves), whether or not anyone scrapes.
 
+pub mod followers;
 pub mod http;
 
 use std::collections::HashMap;
@@ -19,13 +23,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use ::metrics::{
     Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use pgsieve_protocol::PgTimestamp;
 use pgsieve_protocol::pgoutput::Relation;
+use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -34,6 +40,7 @@ use crate::feedback::Feedback;
 use crate::sink::Progress;
 use crate::txn::TxnEvent;
 
+use self::followers::{Event, FollowerRecord};
 use self::http::Response;
 
 /// Counter `{table}`: row changes decoded from the leader's stream.
@@ -81,14 +88,31 @@ pub const FOLLOWER_ATTACHED: &str = "pgsieve_follower_attached";
 pub const DETACHES: &str = "pgsieve_detaches_total";
 /// Counter: stream restarts at a rejoining follower's origin (hub mode).
 pub const REWINDS: &str = "pgsieve_rewinds_total";
-/// `secrets` rows dropped for every follower with a set because no decision
-/// could be made (fail closed).
-pub const FAILED_CLOSED: &str = "pgsieve_rows_failed_closed_total";
 /// Session-start reconciles, by follower.
 pub const RECONCILES: &str = "pgsieve_reconciles_total";
 /// Resources whose secrets a reconcile purged (outside the set) or backfilled
 /// (in the set, missing), by follower and action.
 pub const RECONCILE_RESOURCES: &str = "pgsieve_reconcile_resources_total";
+/// Gauge `{follower}`: age (seconds) of the newest leader commit the
+/// follower has durably applied; heartbeats keep it meaningful on an idle
+/// leader. The lag to alert on.
+pub const FOLLOWER_LAG_SECONDS: &str = "pgsieve_follower_lag_seconds";
+/// Gauge `{follower}`: 1 while the follower's applied position has stood
+/// still for `stall_after_ms` although the leader's has moved.
+pub const FOLLOWER_STALLED: &str = "pgsieve_follower_stalled";
+/// Counter `{follower}`: `secrets` rows withheld from the follower by a
+/// fail-closed decision (the filter could not decide, so it did not send).
+pub const ROWS_FAILED_CLOSED: &str = "pgsieve_rows_failed_closed_total";
+/// Counter: heartbeat messages committed on the leader.
+pub const HEARTBEATS: &str = "pgsieve_heartbeats_total";
+/// Counter: heartbeats that failed (leader unreachable, read-only, …).
+pub const HEARTBEAT_FAILURES: &str = "pgsieve_heartbeat_failures_total";
+/// Gauge: WAL the leader keeps for pgsieve's slot (current WAL LSN − the
+/// slot's restart LSN), read with each heartbeat.
+pub const SLOT_WAL_RETAINED: &str = "pgsieve_slot_wal_retained_bytes";
+
+/// Every `reason` of [`DETACHES`] (`fanout::DetachReason::kind`).
+const DETACH_REASONS: [&str; 4] = ["slow", "lost", "failed", "unreachable"];
 
 /// Bucket bounds of [`APPLY_LATENCY`] (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -101,6 +125,8 @@ const GROUP_BUCKETS: &[f64] = &[
 ];
 /// How often histograms are compacted when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often followers are checked for stalls.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why metrics could not be set up (a configuration error: fail at start).
 #[derive(Debug, thiserror::Error)]
@@ -233,11 +259,6 @@ fn describe() {
         "Stream restarts at a rejoining follower's origin."
     );
     describe_counter!(
-        FAILED_CLOSED,
-        Unit::Count,
-        "Secrets rows dropped for every follower with a replica set because no decision could be made."
-    );
-    describe_counter!(
         RECONCILES,
         Unit::Count,
         "Session-start reconciles of a follower's secrets against the leader's model."
@@ -247,6 +268,42 @@ fn describe() {
         Unit::Count,
         "Resources purged or backfilled by session-start reconciles."
     );
+    describe_gauge!(
+        FOLLOWER_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the newest leader commit (heartbeats included) durably applied on the follower."
+    );
+    describe_gauge!(
+        FOLLOWER_STALLED,
+        "1 while the follower's applied position stands still although the leader's moves (longer than stall_after_ms)."
+    );
+    describe_counter!(
+        ROWS_FAILED_CLOSED,
+        Unit::Count,
+        "Secrets rows withheld from the follower because the filter could not decide (fail closed)."
+    );
+    describe_counter!(
+        HEARTBEATS,
+        Unit::Count,
+        "Heartbeat messages committed on the leader."
+    );
+    describe_counter!(
+        HEARTBEAT_FAILURES,
+        Unit::Count,
+        "Heartbeat messages that could not be written on the leader."
+    );
+    describe_gauge!(
+        SLOT_WAL_RETAINED,
+        Unit::Bytes,
+        "WAL the leader keeps for pgsieve's slot (current WAL LSN minus restart LSN)."
+    );
+}
+
+/// The fail-closed counter of `follower` (registered at 0 by every sink, so
+/// `increase()` sees the first one): the filter stage increments it for
+/// every `secrets` row it withholds because it could not decide.
+pub fn failed_closed_counter(follower: &str) -> Counter {
+    counter!(ROWS_FAILED_CLOSED, "follower" => follower.to_owned())
 }
 
 /// `schema.table` of a relation: the `table` label.
@@ -259,9 +316,11 @@ fn table_label(relation: &Relation) -> String {
     format!("{schema}.{}", relation.name)
 }
 
-/// Counts one `secrets` row dropped because no decision could be made (rare).
+/// Counts one `secrets` row withheld from every follower with a replica set
+/// because no decision could be made (rare; the filter stage is shared by all
+/// followers, so this series has no `follower` label).
 pub fn count_failed_closed() {
-    counter!(FAILED_CLOSED).increment(1);
+    counter!(ROWS_FAILED_CLOSED).increment(1);
 }
 
 /// Counts one session-start reconcile of `follower` and what it changed.
@@ -322,6 +381,8 @@ pub struct FollowerMetrics {
     backfill_rows: Counter,
     purges: Counter,
     purge_rows: Counter,
+    failed_closed: Counter,
+    record: Arc<FollowerRecord>,
 }
 
 /// Per-table handles of one follower, kept in the sink's per-relation state.
@@ -347,7 +408,28 @@ impl FollowerMetrics {
             backfill_rows: counter!(BACKFILL_ROWS, "follower" => f()),
             purges: counter!(PURGES, "follower" => f()),
             purge_rows: counter!(PURGE_ROWS, "follower" => f()),
+            failed_closed: failed_closed_counter(follower),
+            record: followers::record(follower),
         }
+        .registered()
+    }
+
+    /// Series an alert takes `increase()` of start at 0, not at their first
+    /// event (Prometheus cannot see the step from "absent" to 1).
+    fn registered(self) -> Self {
+        self.failed_closed.increment(0);
+        counter!(ERRORS, "kind" => "apply", "follower" => self.follower.clone()).increment(0);
+        self
+    }
+
+    /// Rows withheld from this follower by fail-closed decisions.
+    pub fn failed_closed(&self) -> &Counter {
+        &self.failed_closed
+    }
+
+    /// Remembers an apply error for `/status` and `pgsieve status`.
+    pub fn apply_failed(&self, error: String) {
+        self.record.apply_failed(error);
     }
 
     /// Handles for one relation, built when the sink learns it.
@@ -378,11 +460,16 @@ impl FollowerMetrics {
     pub fn backfilled(&self, variables: u64, rows: u64) {
         self.backfills.increment(variables);
         self.backfill_rows.increment(rows);
+        self.record.resynced(format!(
+            "backfill: {variables} variables entered the replica set, {rows} secrets rows copied"
+        ));
     }
 
     /// `variables` left the set.
     pub fn purged(&self, variables: u64) {
         self.purges.increment(variables);
+        self.record
+            .resynced(format!("purge: {variables} variables left the replica set"));
     }
 
     /// The purge-rows counter, moved into the purge statement's future so
@@ -416,6 +503,9 @@ struct Watched {
     lag_bytes: Gauge,
     lag_seconds: Gauge,
     attached: Gauge,
+    follower_lag: Gauge,
+    stalled: Gauge,
+    record: Arc<FollowerRecord>,
 }
 
 enum Phase {
@@ -434,8 +524,19 @@ struct State {
 struct Shared {
     handle: Option<PrometheusHandle>,
     max_lag_bytes: u64,
+    stall_after: Duration,
     state: Mutex<State>,
     streaming: Gauge,
+    /// Leader WAL position last seen by a heartbeat (0: none).
+    leader_lsn: AtomicU64,
+    heartbeat: Mutex<HeartbeatState>,
+}
+
+#[derive(Default)]
+struct HeartbeatState {
+    interval: Option<Duration>,
+    last_written: Option<Event>,
+    last_error: Option<Event>,
 }
 
 /// Metrics and probes of one `run`: owns the HTTP endpoints (stopped on
@@ -477,6 +578,12 @@ impl Telemetry {
         let shared = Arc::new(Shared {
             handle: handle.clone(),
             max_lag_bytes: config.max_lag_bytes,
+            stall_after: config.stall_after,
+            leader_lsn: AtomicU64::new(0),
+            heartbeat: Mutex::new(HeartbeatState {
+                interval: config.heartbeat_interval,
+                ..HeartbeatState::default()
+            }),
             state: Mutex::new(State {
                 phase: Phase::Starting,
                 feedback: None,
@@ -486,11 +593,21 @@ impl Telemetry {
             streaming: gauge!(STREAMING),
         });
         shared.streaming.set(0.0);
+        counter!(REWINDS).increment(0);
         let mut tasks = Vec::new();
+        let watched = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(WATCH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                watched.observe();
+            }
+        }));
         let mut local_addr = None;
         if let (Some(handle), Some(listener)) = (handle, listener) {
             local_addr = listener.local_addr().ok();
-            tracing::info!(listen = ?local_addr, "Serving /metrics, /healthz and /readyz.");
+            tracing::info!(listen = ?local_addr, "Serving /metrics, /healthz, /readyz and /status.");
             let router = shared.clone();
             tasks.push(tokio::spawn(http::serve(
                 listener,
@@ -528,10 +645,18 @@ impl Telemetry {
             .into_iter()
             .map(|health| {
                 let attached = gauge!(FOLLOWER_ATTACHED, "follower" => health.name.clone());
+                // At 0 from the start, so an alert's increase() sees the first.
+                for reason in DETACH_REASONS {
+                    counter!(DETACHES, "follower" => health.name.clone(), "reason" => reason)
+                        .increment(0);
+                }
                 attached.set(if health.detached.is_some() { 0.0 } else { 1.0 });
                 Watched {
                     lag_bytes: gauge!(LAG_BYTES, "follower" => health.name.clone()),
                     lag_seconds: gauge!(LAG_SECONDS, "follower" => health.name.clone()),
+                    follower_lag: gauge!(FOLLOWER_LAG_SECONDS, "follower" => health.name.clone()),
+                    stalled: gauge!(FOLLOWER_STALLED, "follower" => health.name.clone()),
+                    record: followers::record(&health.name),
                     name: health.name,
                     progress: health.progress,
                     client: health.client,
@@ -564,6 +689,17 @@ impl Telemetry {
     /// Counts a pipeline restart.
     pub fn reconnecting(&self) {
         self.reconnects.increment(1);
+    }
+
+    /// Where the heartbeat task reports (it outlives no `Telemetry`: the
+    /// reporter only holds the shared state).
+    pub fn heartbeat_reporter(&self) -> HeartbeatReporter {
+        HeartbeatReporter {
+            shared: self.shared.clone(),
+            written: counter!(HEARTBEATS),
+            failed: counter!(HEARTBEAT_FAILURES),
+            retained: gauge!(SLOT_WAL_RETAINED),
+        }
     }
 
     /// Counts a rewind of the stream for a rejoining follower.
@@ -605,6 +741,109 @@ impl Drop for StreamingGuard<'_> {
     }
 }
 
+/// The heartbeat task's side of [`Telemetry`]: where the leader stands and
+/// whether heartbeats get through.
+#[derive(Clone)]
+pub struct HeartbeatReporter {
+    shared: Arc<Shared>,
+    written: Counter,
+    failed: Counter,
+    retained: Gauge,
+}
+
+impl std::fmt::Debug for HeartbeatReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatReporter").finish_non_exhaustive()
+    }
+}
+
+impl HeartbeatReporter {
+    /// A heartbeat committed at leader position `lsn`; the slot keeps
+    /// `retained` bytes of WAL (`None`: the slot does not exist yet).
+    pub fn written(&self, lsn: Lsn, retained: Option<u64>) {
+        self.written.increment(1);
+        self.shared.leader_lsn.fetch_max(lsn.0, Ordering::AcqRel);
+        if let Some(bytes) = retained {
+            self.retained.set(bytes as f64);
+        }
+        let mut hb = lock(&self.shared.heartbeat);
+        hb.last_written = Some(Event {
+            at: followers::rfc3339(std::time::SystemTime::now()),
+            what: format!("at leader WAL position {lsn}"),
+        });
+    }
+
+    /// A heartbeat failed for `reason`; returns whether the previous one
+    /// succeeded (so the caller logs a failure once, not every interval).
+    pub fn failed(&self, reason: &str) -> bool {
+        self.failed.increment(1);
+        let mut hb = lock(&self.shared.heartbeat);
+        let first = hb.last_error.is_none()
+            || hb.last_written.as_ref().map(|w| &w.at) > hb.last_error.as_ref().map(|e| &e.at);
+        hb.last_error = Some(Event {
+            at: followers::rfc3339(std::time::SystemTime::now()),
+            what: reason.replace(['\n', '\r'], " "),
+        });
+        first
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `/status`: the running process's view of each follower, as JSON. Read by
+/// `pgsieve status` (field names are part of its stable JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeStatus {
+    /// `starting` (connecting or initial copy), `streaming` or `down`.
+    pub state: String,
+    /// Why not streaming (`down`), else `None`.
+    pub reason: Option<String>,
+    /// Heartbeat interval in seconds; `None`: heartbeats are off.
+    pub heartbeat_interval_seconds: Option<f64>,
+    /// The last heartbeat committed on the leader.
+    pub last_heartbeat: Option<Event>,
+    /// The last heartbeat failure.
+    pub last_heartbeat_error: Option<Event>,
+    /// One entry per follower of the current (or last) session.
+    pub followers: Vec<RuntimeFollower>,
+}
+
+/// One follower in [`RuntimeStatus`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeFollower {
+    /// `[[follower]] name`.
+    pub name: String,
+    /// Fed by the stream (false: detached, hub mode).
+    pub attached: bool,
+    /// Why it is detached.
+    pub detached_reason: Option<String>,
+    /// Age of the newest leader commit durably applied (seconds).
+    pub lag_seconds: f64,
+    /// WAL received from the leader and not yet committed on the follower.
+    pub lag_bytes: u64,
+    /// End LSN of the last leader transaction committed on the follower.
+    pub applied_lsn: String,
+    /// Applied position standing still while the leader's moves.
+    pub stalled: bool,
+    /// For how long it has been behind without moving (seconds), if it is.
+    pub waiting_seconds: Option<f64>,
+    /// The last re-sync of variables (backfill or purge) since start.
+    pub last_resync: Option<Event>,
+    /// The last apply error since start.
+    pub last_apply_error: Option<Event>,
+}
+
+/// One follower's figures at one instant (see [`Shared::observe`]).
+struct Observed {
+    lag_bytes: u64,
+    lag_seconds: f64,
+    applied: Lsn,
+    stalled: bool,
+    waiting: Option<Duration>,
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -614,7 +853,7 @@ impl Shared {
         match path {
             "/metrics" => match &self.handle {
                 Some(handle) => {
-                    self.refresh_lag();
+                    self.observe();
                     Response {
                         status: 200,
                         content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -628,22 +867,92 @@ impl Shared {
                 Ok(()) => Response::text(200, "ready\n"),
                 Err(reason) => Response::text(503, format!("{reason}\n")),
             },
-            _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
+            "/status" => Response {
+                status: 200,
+                content_type: "application/json",
+                body: serde_json::to_string_pretty(&self.runtime_status())
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")),
+            },
+            _ => Response::text(
+                404,
+                "not found: try /metrics, /healthz, /readyz or /status\n",
+            ),
         }
     }
 
-    /// Sets the lag gauges from the current progress (at scrape time, so
-    /// the hot path never touches them).
-    fn refresh_lag(&self) {
+    /// Checks every follower for a stall and sets the lag gauges (each
+    /// second from the watch task, and at every scrape and probe).
+    fn observe(&self) -> Vec<Observed> {
         let state = self.lock();
+        let received = state
+            .feedback
+            .as_ref()
+            .map_or(0, |feedback| feedback.received_lsn().0);
+        let leader = Lsn(received.max(self.leader_lsn.load(Ordering::Acquire)));
+        let judged = !matches!(state.phase, Phase::Starting);
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(state.followers.len());
         for f in &state.followers {
-            let (bytes, seconds) = lag(&state, f);
-            f.lag_bytes.set(bytes as f64);
-            f.lag_seconds.set(seconds);
+            let applied = f.progress.committed_end();
+            let session = f.progress.statements();
+            let mut track = f.record.track();
+            // Moving: a higher applied position, or more statements taken by
+            // the follower in the same session (a long leader transaction
+            // that has not committed yet). A new session's replay alone is
+            // not progress: a reconnect loop still stalls.
+            let worked = track.session.0 == session.0 && session.1 > track.session.1;
+            track.session = session;
+            if applied > track.applied || worked {
+                track.applied = track.applied.max(applied);
+                track.waiting_since = None;
+            }
+            if leader <= track.applied {
+                track.waiting_since = None;
+            } else if track.waiting_since.is_none() {
+                track.waiting_since = Some(now);
+            }
+            if let Some(t) = f.progress.newest_leader_commit() {
+                track.newest_leader_commit = track.newest_leader_commit.max(Some(t));
+            }
+            let waiting = track.waiting_since.map(|since| now - since);
+            let stalled =
+                judged && f.detached.is_none() && waiting.is_some_and(|w| w >= self.stall_after);
+            if stalled != track.stalled {
+                track.stalled = stalled;
+                if stalled {
+                    tracing::warn!(
+                        follower = %f.name,
+                        applied_lsn = %track.applied,
+                        leader_lsn = %leader,
+                        waiting_s = waiting.map_or(0, |w| w.as_secs()),
+                        "Follower stalled: its applied position has not moved while the leader's has."
+                    );
+                } else {
+                    tracing::info!(follower = %f.name, applied_lsn = %track.applied, "Follower no longer stalled.");
+                }
+            }
+            let lag_seconds = match track.newest_leader_commit {
+                Some(t) => PgTimestamp::now().0.saturating_sub(t.0).max(0) as f64 / 1e6,
+                None => track.watching_since.elapsed().as_secs_f64(),
+            };
+            let (lag_bytes, old_seconds) = lag(&state, f);
+            f.lag_bytes.set(lag_bytes as f64);
+            f.lag_seconds.set(old_seconds);
+            f.follower_lag.set(lag_seconds);
+            f.stalled.set(if stalled { 1.0 } else { 0.0 });
+            out.push(Observed {
+                lag_bytes,
+                lag_seconds,
+                applied: track.applied,
+                stalled,
+                waiting,
+            });
         }
+        out
     }
 
     fn readiness(&self) -> Result<(), String> {
+        let observed = self.observe();
         let state = self.lock();
         match &state.phase {
             Phase::Starting => {
@@ -652,7 +961,7 @@ impl Shared {
             Phase::Down(reason) => return Err(format!("not streaming: {reason}")),
             Phase::Streaming => {}
         }
-        for f in &state.followers {
+        for (f, o) in state.followers.iter().zip(&observed) {
             if let Some(reason) = &f.detached {
                 return Err(format!("follower {} is detached: {reason}", f.name));
             }
@@ -662,15 +971,58 @@ impl Shared {
                     f.name
                 ));
             }
-            let (bytes, _) = lag(&state, f);
-            if bytes > self.max_lag_bytes {
+            if o.stalled {
                 return Err(format!(
-                    "follower {} lags {bytes} bytes behind the leader (max_lag_bytes = {})",
-                    f.name, self.max_lag_bytes
+                    "follower {} is stalled: applied position {} has not moved for {} s while the leader's moved (stall_after_ms = {})",
+                    f.name,
+                    o.applied,
+                    o.waiting.map_or(0, |w| w.as_secs()),
+                    self.stall_after.as_millis()
+                ));
+            }
+            if o.lag_bytes > self.max_lag_bytes {
+                return Err(format!(
+                    "follower {} lags {} bytes behind the leader (max_lag_bytes = {})",
+                    f.name, o.lag_bytes, self.max_lag_bytes
                 ));
             }
         }
         Ok(())
+    }
+
+    fn runtime_status(&self) -> RuntimeStatus {
+        let observed = self.observe();
+        let state = self.lock();
+        let (name, reason) = match &state.phase {
+            Phase::Starting => ("starting", None),
+            Phase::Streaming => ("streaming", None),
+            Phase::Down(reason) => ("down", Some(reason.clone())),
+        };
+        let hb = lock(&self.heartbeat);
+        RuntimeStatus {
+            state: name.into(),
+            reason,
+            heartbeat_interval_seconds: hb.interval.map(|i| i.as_secs_f64()),
+            last_heartbeat: hb.last_written.clone(),
+            last_heartbeat_error: hb.last_error.clone(),
+            followers: state
+                .followers
+                .iter()
+                .zip(observed)
+                .map(|(f, o)| RuntimeFollower {
+                    name: f.name.clone(),
+                    attached: f.detached.is_none(),
+                    detached_reason: f.detached.clone(),
+                    lag_seconds: (o.lag_seconds * 1000.0).round() / 1000.0,
+                    lag_bytes: o.lag_bytes,
+                    applied_lsn: o.applied.to_string(),
+                    stalled: o.stalled,
+                    waiting_seconds: o.waiting.map(|w| w.as_secs_f64()),
+                    last_resync: f.record.last_resync(),
+                    last_apply_error: f.record.last_apply_error(),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -690,4 +1042,98 @@ fn lag(state: &State, f: &Watched) -> (u64, f64) {
         None => state.since.elapsed().as_secs_f64(),
     };
     (bytes, seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn config(stall_after_ms: u64) -> Config {
+        let raw = RawConfig::parse(&format!(
+            "[leader]\nurl = \"postgresql://replicator@127.0.0.1:1/conjur\"\n\
+             [[follower]]\nname = \"stall-unit\"\nurl = \"postgresql://postgres@127.0.0.1:1/conjur\"\n\
+             [metrics]\nstall_after_ms = {stall_after_ms}\n"
+        ))
+        .unwrap();
+        Config::resolve_with_env(&raw, |_| None).unwrap()
+    }
+
+    fn health(name: &str, applied: u64, detached: Option<&str>) -> FollowerHealth {
+        FollowerHealth {
+            name: name.into(),
+            progress: Progress::starting_at(Lsn(applied)),
+            client: None,
+            detached: detached.map(str::to_owned),
+        }
+    }
+
+    fn stalled(telemetry: &Telemetry) -> Vec<bool> {
+        telemetry
+            .shared
+            .observe()
+            .iter()
+            .map(|o| o.stalled)
+            .collect()
+    }
+
+    fn guard_progress(telemetry: &Telemetry) -> Arc<Progress> {
+        telemetry.shared.lock().followers[0].progress.clone()
+    }
+
+    #[tokio::test]
+    async fn a_follower_is_stalled_only_when_behind_and_not_moving_for_long_enough() {
+        let telemetry = Telemetry::start(&config(1000)).await.unwrap();
+        let beat = telemetry.heartbeat_reporter();
+        // Caught up: never stalled, however long.
+        let feedback = Feedback::new(Vec::new());
+        let guard = telemetry.streaming(feedback.clone(), vec![health("stall-unit", 100, None)]);
+        beat.written(Lsn(100), Some(0));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(stalled(&telemetry), [false]);
+        // The leader moves (a heartbeat) and the follower's position does
+        // not, but it takes statements (a long transaction applying): busy,
+        // not stalled.
+        beat.written(Lsn(200), Some(0));
+        assert_eq!(stalled(&telemetry), [false]);
+        let progress = guard_progress(&telemetry);
+        for _ in 0..8 {
+            progress.worked();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(stalled(&telemetry), [false]);
+        }
+        // Nothing moves: stalled once the threshold has passed, not before.
+        assert_eq!(stalled(&telemetry), [false]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(stalled(&telemetry), [true]);
+        // (/readyz's stall reason is checked end to end in tests/ops_kit.rs:
+        // here the follower has no session, which /readyz reports first.)
+        assert!(telemetry.shared.readiness().is_err());
+        // A new session whose follower applied more: no longer stalled,
+        // though still behind (the clock restarts).
+        drop(guard);
+        let guard = telemetry.streaming(feedback.clone(), vec![health("stall-unit", 150, None)]);
+        assert_eq!(stalled(&telemetry), [false]);
+        // A detached follower is reported as detached, not as stalled.
+        drop(guard);
+        let _guard = telemetry.streaming(feedback, vec![health("stall-unit", 150, Some("slow"))]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(stalled(&telemetry), [false]);
+        let status = telemetry.shared.runtime_status();
+        assert_eq!(status.state, "streaming");
+        assert_eq!(status.followers[0].detached_reason.as_deref(), Some("slow"));
+        assert_eq!(status.followers[0].applied_lsn, "0/96");
+        assert!(status.last_heartbeat.is_some());
+    }
+
+    #[tokio::test]
+    async fn nothing_is_stalled_during_the_initial_copy() {
+        let telemetry = Telemetry::start(&config(1)).await.unwrap();
+        telemetry.heartbeat_reporter().written(Lsn(500), None);
+        // Before the first streaming() the process is starting: no followers
+        // are judged, and /status lists none.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(stalled(&telemetry).is_empty());
+        assert_eq!(telemetry.shared.runtime_status().state, "starting");
+    }
 }

@@ -1,7 +1,12 @@
 /*!
 `pgsieve status`: where replication stands, read from the databases themselves (the
 leader's slot and each follower's replication origin), so it works whether or not
-`pgsieve run` is up and needs nothing from the running process.
+`pgsieve run` is up; and, when `[metrics] listen` is set, what only the running
+process knows — attached or detached and why, lag in seconds, stalls, the last
+re-sync and the last apply error — from its `/status` endpoint (the same
+listener as `/metrics`, so nothing new to open). These are kept in memory, not
+stored: they describe the process that is running, and a process that is not
+running is reported as such.
 
 The JSON form (`--format json`) is a stable interface for monitoring scripts; its
 fields are documented in the README ("Operating") and must not be renamed.
@@ -16,12 +21,14 @@ use tokio_postgres::Client;
 
 use crate::check::{connect, db_message};
 use crate::config::{Config, FollowerConfig};
+use crate::metrics::RuntimeStatus;
+use crate::metrics::followers::Event;
 
 /// Renders `t` as UTC RFC 3339 with microseconds, in SQL (no date library needed).
 const RFC3339_UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"#;
 
 /// Everything `pgsieve status` reports.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StatusReport {
     /// The leader.
     pub leader: LeaderStatus,
@@ -29,10 +36,31 @@ pub struct StatusReport {
     pub slot: SlotStatus,
     /// One entry per configured follower, in config order.
     pub followers: Vec<FollowerStatus>,
+    /// The running `pgsieve run`, through its metrics listener.
+    pub process: ProcessStatus,
+}
+
+/// The running process, as its `/status` endpoint describes it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProcessStatus {
+    /// The address asked (`[metrics] listen`); `None` when not configured.
+    pub listen: Option<String>,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// `starting` (connecting or initial copy), `streaming` or `down`.
+    pub state: Option<String>,
+    /// Why it is `down`.
+    pub reason: Option<String>,
+    /// The last heartbeat written on the leader.
+    pub last_heartbeat: Option<Event>,
+    /// The last heartbeat failure.
+    pub last_heartbeat_error: Option<Event>,
+    /// Why it could not be asked (not configured, not running, …).
+    pub error: Option<String>,
 }
 
 /// The leader's side.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LeaderStatus {
     /// `pg_current_wal_lsn()`, `X/X`; `None` when the leader could not be read.
     pub current_wal_lsn: Option<String>,
@@ -41,7 +69,7 @@ pub struct LeaderStatus {
 }
 
 /// The slot as `pg_replication_slots` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SlotStatus {
     /// Slot name (config `[leader] slot`).
     pub name: String,
@@ -63,7 +91,7 @@ pub struct SlotStatus {
 }
 
 /// One follower.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FollowerStatus {
     /// Follower name (config `[[follower]] name`).
     pub name: String,
@@ -80,6 +108,20 @@ pub struct FollowerStatus {
     pub last_apply_time: Option<String>,
     /// Why this follower could not be read; `None` when it was.
     pub error: Option<String>,
+    /// From the running process (all `None` when it could not be asked):
+    /// fed by the stream, or detached (hub mode).
+    pub attached: Option<bool>,
+    /// Why it is detached.
+    pub detached_reason: Option<String>,
+    /// Age in seconds of the newest leader commit (heartbeats included)
+    /// durably applied: `pgsieve_follower_lag_seconds`.
+    pub lag_seconds: Option<f64>,
+    /// Applied position standing still while the leader's moves.
+    pub stalled: Option<bool>,
+    /// The last re-sync of variables (backfill or purge) since the process started.
+    pub last_resync: Option<Event>,
+    /// The last apply error since the process started.
+    pub last_apply_error: Option<Event>,
 }
 
 impl StatusReport {
@@ -137,7 +179,7 @@ impl StatusReport {
                 None => {
                     let _ = writeln!(
                         out,
-                        "follower {}: origin {} at {}, lag {}, last apply {}, last error unknown",
+                        "follower {}: origin {} at {}, lag {}, last apply {}",
                         f.name,
                         f.origin,
                         f.origin_lsn
@@ -147,6 +189,52 @@ impl StatusReport {
                         show(&f.last_apply_time),
                     );
                 }
+            }
+            if !self.process.reachable {
+                continue;
+            }
+            let state = match (f.attached, &f.detached_reason, f.stalled) {
+                (None, _, _) => "not in the running session".to_owned(),
+                (Some(false), reason, _) => {
+                    format!("detached: {}", reason.as_deref().unwrap_or("unknown"))
+                }
+                (Some(true), _, Some(true)) => "attached, STALLED".to_owned(),
+                (Some(true), _, _) => "attached".to_owned(),
+            };
+            let event = |e: &Option<Event>| {
+                e.as_ref()
+                    .map_or_else(|| "none".to_owned(), |e| format!("{} {}", e.at, e.what))
+            };
+            let _ = writeln!(
+                out,
+                "  {state}, lag {}, last resync {}, last apply error {}",
+                f.lag_seconds
+                    .map_or_else(|| "unknown".to_owned(), |s| format!("{s:.1} s")),
+                event(&f.last_resync),
+                event(&f.last_apply_error),
+            );
+        }
+        let p = &self.process;
+        match (&p.listen, p.reachable) {
+            (_, true) => {
+                let _ = writeln!(
+                    out,
+                    "pgsieve run: {}{}, last heartbeat {}",
+                    p.state.as_deref().unwrap_or("unknown"),
+                    p.reason
+                        .as_ref()
+                        .map_or_else(String::new, |r| format!(" ({r})")),
+                    p.last_heartbeat
+                        .as_ref()
+                        .map_or_else(|| "none".to_owned(), |e| e.at.clone()),
+                );
+            }
+            (_, false) => {
+                let _ = writeln!(
+                    out,
+                    "pgsieve run: unknown: {}",
+                    p.error.as_deref().unwrap_or("not asked")
+                );
             }
         }
         out
@@ -187,11 +275,101 @@ pub async fn read_status(config: &Config) -> StatusReport {
     for f in &config.followers {
         followers.push(read_follower(f, &origin, current).await);
     }
-    StatusReport {
+    let mut report = StatusReport {
         leader,
         slot,
         followers,
+        process: ProcessStatus {
+            listen: config.metrics_listen.clone(),
+            reachable: false,
+            state: None,
+            reason: None,
+            last_heartbeat: None,
+            last_heartbeat_error: None,
+            error: None,
+        },
+    };
+    match &config.metrics_listen {
+        None => {
+            report.process.error =
+                Some("[metrics] listen is not set: nothing to ask the process".into())
+        }
+        Some(listen) => match ask_process(listen).await {
+            Ok(runtime) => report.merge(runtime),
+            Err(e) => report.process.error = Some(e),
+        },
     }
+    report
+}
+
+impl StatusReport {
+    fn merge(&mut self, runtime: RuntimeStatus) {
+        let p = &mut self.process;
+        p.reachable = true;
+        p.state = Some(runtime.state);
+        p.reason = runtime.reason;
+        p.last_heartbeat = runtime.last_heartbeat;
+        p.last_heartbeat_error = runtime.last_heartbeat_error;
+        for f in &mut self.followers {
+            if let Some(r) = runtime.followers.iter().find(|r| r.name == f.name) {
+                f.attached = Some(r.attached);
+                f.detached_reason = r.detached_reason.clone();
+                f.lag_seconds = Some(r.lag_seconds);
+                f.stalled = Some(r.stalled);
+                f.last_resync = r.last_resync.clone();
+                f.last_apply_error = r.last_apply_error.clone();
+            }
+        }
+    }
+}
+
+/// How long `status` waits for the running process.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /status` from the process listening on `listen` (a wildcard address
+/// is asked on loopback: `status` runs beside `run`).
+async fn ask_process(listen: &str) -> Result<RuntimeStatus, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = match listen.parse::<std::net::SocketAddr>() {
+        Ok(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            addr
+        }
+        Err(_) => tokio::net::lookup_host(listen)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("cannot resolve [metrics] listen {listen:?}"))?,
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /status HTTP/1.0\r\nHost: pgsieve\r\n\r\n")
+            .await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(ASK_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("pgsieve run at {addr} did not answer in {ASK_TIMEOUT:?}"))?
+        .map_err(|e| format!("pgsieve run is not reachable at {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("pgsieve run at {addr}: malformed answer"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "pgsieve run at {addr} answered {} (an older version without /status?)",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    serde_json::from_str(body).map_err(|e| format!("pgsieve run at {addr}: bad /status: {e}"))
 }
 
 async fn read_leader(config: &Config, slot: &mut SlotStatus) -> Result<Lsn, String> {
@@ -246,6 +424,12 @@ async fn read_follower(
         lag_bytes: None,
         last_apply_time: None,
         error: None,
+        attached: None,
+        detached_reason: None,
+        lag_seconds: None,
+        stalled: None,
+        last_resync: None,
+        last_apply_error: None,
     };
     if let Err(e) = read_follower_into(f, origin, leader_current, &mut status).await {
         status.error = Some(e);
@@ -335,7 +519,25 @@ mod tests {
                 lag_bytes: Some(0x100),
                 last_apply_time: None,
                 error: None,
+                attached: Some(true),
+                detached_reason: None,
+                lag_seconds: Some(2.5),
+                stalled: Some(false),
+                last_resync: None,
+                last_apply_error: Some(Event {
+                    at: "2026-12-02T16:00:00Z".into(),
+                    what: "duplicate key".into(),
+                }),
             }],
+            process: ProcessStatus {
+                listen: Some("127.0.0.1:9187".into()),
+                reachable: true,
+                state: Some("streaming".into()),
+                reason: None,
+                last_heartbeat: None,
+                last_heartbeat_error: None,
+                error: None,
+            },
         }
     }
 
@@ -364,10 +566,19 @@ mod tests {
             "lag_bytes",
             "last_apply_time",
             "error",
+            "attached",
+            "detached_reason",
+            "lag_seconds",
+            "stalled",
+            "last_resync",
+            "last_apply_error",
         ] {
             assert!(f.get(key).is_some(), "followers[0].{key}");
         }
         assert_eq!(f["lag_bytes"], 256);
+        assert_eq!(f["lag_seconds"], 2.5);
+        assert_eq!(f["last_apply_error"]["what"], "duplicate key");
+        assert_eq!(v["process"]["state"], "streaming");
     }
 
     #[test]
@@ -379,6 +590,10 @@ mod tests {
         );
         assert!(
             text.contains("follower us-east: origin pgsieve_pgsieve at 0/3000000, lag 256 bytes, last apply unknown"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  attached, lag 2.5 s, last resync none, last apply error 2026-12-02T16:00:00Z duplicate key"),
             "{text}"
         );
     }

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use pgsieve::harness::Topology;
 use pgsieve::harness::cluster::CONJUR_DB;
-use pgsieve::harness::process::PgsieveProcess;
+use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
@@ -101,6 +102,27 @@ pub fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     sample(text, name, labels).unwrap_or(0.0) as u64
 }
 
+/// A config with the topology's first follower as `name`, filtered by the
+/// data group `group`, `[metrics]` listening on `port` with the `metrics`
+/// keys given, and `extra` TOML after it.
+pub fn probed_config(
+    topology: &Topology,
+    slot: &str,
+    (name, group): (&str, &str),
+    port: u16,
+    metrics: &str,
+    extra: &str,
+) -> PgsieveConfig {
+    let mut config = PgsieveConfig::new(
+        &topology.leader,
+        slot,
+        vec![FollowerEntry::filtered(name, &topology.followers[0], group)],
+    );
+    config.extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n{metrics}{extra}");
+    config
+}
+
+/// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

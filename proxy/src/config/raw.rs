@@ -1,7 +1,8 @@
 //! The configuration exactly as written: TOML plus `PGSIEVE_*` overrides.
 //!
 //! Every key of the file can be overridden from the environment:
-//! `PGSIEVE_<SECTION>_<KEY>` for `[leader]`, `[apply]`, `[metrics]`, `[log]`
+//! `PGSIEVE_<SECTION>_<KEY>` for `[leader]`, `[apply]`, `[metrics]`,
+//! `[heartbeat]`, `[log]`
 //! (e.g. `PGSIEVE_LEADER_URL`), and `PGSIEVE_FOLLOWER_<N>_<KEY>` for the N-th
 //! `[[follower]]` (0-based; N may be one past the last to add a follower).
 
@@ -28,6 +29,9 @@ pub struct RawConfig {
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Heartbeat messages written on the leader (lag in seconds).
+    #[serde(default)]
+    pub heartbeat: RawHeartbeat,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -102,6 +106,17 @@ pub struct RawMetrics {
     pub listen: Option<String>,
     /// Lag (bytes) above which `/readyz` fails and `check` warns.
     pub max_lag_bytes: Option<u64>,
+    /// How long a follower's applied position may stand still while the
+    /// leader's moves before it is reported stalled.
+    pub stall_after_ms: Option<u64>,
+}
+
+/// `[heartbeat]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    /// Interval of heartbeat messages on the leader; 0 turns them off.
+    pub interval_ms: Option<u64>,
 }
 
 /// `[log]`.
@@ -176,6 +191,8 @@ impl RawConfig {
                 "APPLY_ON_GAP" => set(&mut self.apply.on_gap),
                 "METRICS_LISTEN" => set(&mut self.metrics.listen),
                 "METRICS_MAX_LAG_BYTES" => num(&mut self.metrics.max_lag_bytes)?,
+                "METRICS_STALL_AFTER_MS" => num(&mut self.metrics.stall_after_ms)?,
+                "HEARTBEAT_INTERVAL_MS" => num(&mut self.heartbeat.interval_ms)?,
                 "LOG_FORMAT" => set(&mut self.log.format),
                 "LOG_LEVEL" => set(&mut self.log.level),
                 // Read at resolve time, never stored in the raw config.

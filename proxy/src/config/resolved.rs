@@ -102,6 +102,11 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// Lag bound for readiness.
     pub max_lag_bytes: u64,
+    /// A follower whose applied position stands still this long while the
+    /// leader's moves is reported stalled (metric, log, `/readyz`).
+    pub stall_after: Duration,
+    /// Interval of heartbeat messages on the leader; `None`: off.
+    pub heartbeat_interval: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
     /// Tracing filter.
@@ -222,6 +227,11 @@ impl Config {
             apply,
             metrics_listen: raw.metrics.listen.clone(),
             max_lag_bytes: raw.metrics.max_lag_bytes.unwrap_or(64 * 1024 * 1024),
+            stall_after: Duration::from_millis(raw.metrics.stall_after_ms.unwrap_or(60_000).max(1)),
+            heartbeat_interval: match raw.heartbeat.interval_ms.unwrap_or(10_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms.max(100))),
+            },
             log_format,
             log_level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
         })
@@ -375,6 +385,22 @@ fn validate_identifier(what: &str, name: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_and_stall_settings() {
+        let resolve = |extra: &str| {
+            let text = format!("[leader]\nurl = \"host=l user=r dbname=conjur\"\n{extra}");
+            Config::resolve_with_env(&RawConfig::parse(&text).unwrap(), |_| None).unwrap()
+        };
+        let defaults = resolve("");
+        assert_eq!(defaults.heartbeat_interval, Some(Duration::from_secs(10)));
+        assert_eq!(defaults.stall_after, Duration::from_secs(60));
+        let off = resolve("[heartbeat]\ninterval_ms = 0\n[metrics]\nstall_after_ms = 2500\n");
+        assert_eq!(off.heartbeat_interval, None);
+        assert_eq!(off.stall_after, Duration::from_millis(2500));
+        let fast = resolve("[heartbeat]\ninterval_ms = 5\n");
+        assert_eq!(fast.heartbeat_interval, Some(Duration::from_millis(100)));
+    }
 
     #[test]
     fn short_and_full_replica_set_names() {

@@ -28,6 +28,11 @@ use super::error::HarnessError;
 
 /// Settings of every cluster (the docker kit includes the same file).
 pub const COMMON_CONF: &str = include_str!("../../../docker/postgres/common.conf");
+/// Settings only a throwaway cluster may have: speed over durability. Never
+/// in `docker/` (a deployment copies those files; `tests/ops_kit.rs` checks).
+pub const THROWAWAY_CONF: &str = "fsync = off\nfull_page_writes = off\n\
+    # PG15 waits this long before restarting a subscription's apply worker.\n\
+    wal_retrieve_retry_interval = 50ms\n";
 /// Settings of a leader: `wal_level = logical`, wal senders and slots.
 pub const LEADER_CONF: &str = include_str!("../../../docker/postgres/leader.conf");
 /// Settings of a follower: slots (which also bound replication origins).
@@ -362,6 +367,7 @@ impl Cluster {
         };
         let mut conf = format!(
             "\n# --- pgsieve harness: common.conf ---\n{COMMON_CONF}\n\
+             # --- pgsieve harness: throwaway ---\n{THROWAWAY_CONF}\n\
              # --- pgsieve harness: profile ---\n{profile}\n\
              # --- pgsieve harness: cluster ---\n\
              listen_addresses = '127.0.0.1'\nunix_socket_directories = '{sockets}'\n"

@@ -220,6 +220,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         return Err(RunError::Setup("no [[follower]] configured".into()));
     }
     let telemetry = Telemetry::start(&config).await?;
+    let _heartbeat = crate::heartbeat::spawn(&config, &telemetry);
     let mut standings = vec![Standing::default(); config.followers.len()];
     let mut backoff = Duration::from_millis(200);
     let mut streamed = false;

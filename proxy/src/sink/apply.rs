@@ -144,12 +144,26 @@ pub struct Progress {
     last_apply_micros: AtomicU64,
     /// Leader commit time (µs since 2000) of the last applied transaction, 0 if none.
     last_commit_time: AtomicI64,
+    /// Newest leader commit time (µs since 2000) among the leader
+    /// transactions durably committed on the follower (heartbeats
+    /// included), 0 if none; progress-only commits never set it.
+    newest_leader_commit: AtomicI64,
+    /// Statements the follower has taken into the pipeline: moves while a
+    /// long leader transaction applies, before its commit moves the LSN
+    /// (the stall detector's sign of work).
+    statements: AtomicU64,
+    /// Unique per `Progress` in this process (one per streaming session).
+    session: u64,
 }
 
 impl Progress {
     /// A progress starting at `lsn` (the origin's value at start).
     pub fn starting_at(lsn: Lsn) -> Arc<Self> {
-        let p = Self::default();
+        static SESSIONS: AtomicU64 = AtomicU64::new(1);
+        let p = Self {
+            session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            ..Self::default()
+        };
         p.committed_end.store(lsn.0, Ordering::Release);
         Arc::new(p)
     }
@@ -173,6 +187,34 @@ impl Progress {
     /// Unix time (µs) of the last follower commit, 0 if none.
     pub fn last_apply_micros(&self) -> u64 {
         self.last_apply_micros.load(Ordering::Acquire)
+    }
+
+    /// The newest leader commit time durably applied (a real leader
+    /// transaction, never a progress-only commit): the lag in seconds is
+    /// its age. `None` before the first one of this session.
+    pub fn newest_leader_commit(&self) -> Option<PgTimestamp> {
+        match self.newest_leader_commit.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(PgTimestamp(t)),
+        }
+    }
+
+    /// `(session, statements)`: which session this progress belongs to
+    /// (unique in the process) and how many statements the follower has
+    /// taken in it so far.
+    pub fn statements(&self) -> (u64, u64) {
+        (self.session, self.statements.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn worked(&self) {
+        self.statements.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn record_leader_commits(&self, commit_times: &[PgTimestamp]) {
+        if let Some(newest) = commit_times.iter().map(|t| t.0).max() {
+            self.newest_leader_commit
+                .fetch_max(newest, Ordering::AcqRel);
+        }
     }
 
     /// Leader commit time of the last transaction committed on the
@@ -432,7 +474,9 @@ impl Sink {
         self.pipeline
             .push_weighted(future, context, weight)
             .await
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        self.progress.worked();
+        Ok(())
     }
 
     async fn push_control(&mut self, which: Control, commit_lsn: Lsn) -> Result<(), ApplyError> {
@@ -461,9 +505,18 @@ impl Sink {
     /// Applies one event.
     pub async fn handle(&mut self, event: &TxnEvent) -> Result<(), ApplyError> {
         match self.handle_event(event).await {
-            Err(e) => Err(self.root_cause(e).await),
+            Err(e) => Err(self.failed(e).await),
             ok => ok,
         }
+    }
+
+    /// The error to report for `error` (its root cause), remembered for
+    /// `pgsieve status`.
+    async fn failed(&mut self, error: ApplyError) -> ApplyError {
+        let error = self.root_cause(error).await;
+        self.metrics
+            .apply_failed(crate::report::error_chain(&error));
+        error
     }
 
     /// A statement sent outside the pipeline (a lazy prepare, a catalog
@@ -885,7 +938,7 @@ impl Sink {
     /// boundary, recording the last applied end LSN as origin progress.
     pub async fn commit_group(&mut self) -> Result<(), ApplyError> {
         match self.commit_open_group().await {
-            Err(e) => Err(self.root_cause(e).await),
+            Err(e) => Err(self.failed(e).await),
             ok => ok,
         }
     }
@@ -927,6 +980,7 @@ impl Sink {
         self.pipeline.drain().await.map_err(|e| self.fail(e))?;
         self.stats.follower_commits += 1;
         self.progress.record(group.last_end, group.last_time);
+        self.progress.record_leader_commits(&self.commit_times);
         self.metrics.committed(&self.commit_times);
         self.commit_times.clear();
         Ok(())
@@ -1004,7 +1058,9 @@ impl Sink {
         self.pipeline
             .push(future, context)
             .await
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        self.progress.worked();
+        Ok(())
     }
 }
 
