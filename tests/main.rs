@@ -22,3 +22,4 @@ mod support;
 mod tap;
 mod throughput;
 mod trust;
+mod verify;

@@ -11,9 +11,10 @@ the follower only ever holds what it has applied, and a leader snapshot is
 taken at a slot's consistent point C. verify therefore compares in rounds:
 
 1. Take a leader snapshot at C₁ (a temporary slot's exported snapshot, the
-   model built in it), wait (bounded, [`VerifyOptions::catch_up`]) until the
-   follower's replication origin has reached C₁ and the transaction that
-   moved it is visible, then compare every table at one follower snapshot.
+   model built in it), wait (bounded, [`VerifyOptions::catch_up`]; not at
+   all when no walsender holds the configured slot) until the follower's
+   replication origin has reached C₁ and the transaction that moved it is
+   visible, then compare every table at one follower snapshot.
    The follower is now *at or past* C₁: a row the stream changed after C₁
    may differ without anything being wrong.
 2. If anything differs, take a new snapshot at C₂, wait for the follower to
@@ -204,14 +205,14 @@ async fn verify_one(
     let (report, snapshot_lsn, catch_up, origin_lsn) = loop {
         rounds += 1;
         let snapshot = LeaderSnapshot::open(config, "verify").await?;
-        let (catch_up, origin_lsn) = wait_for_origin(
-            &follower,
-            &f.name,
-            &origin,
-            snapshot.consistent_point,
-            options.catch_up,
-        )
-        .await?;
+        // Nothing moves the origin while no `run` streams from the slot.
+        let wait = if snapshot.slot_active(&config.leader.slot).await? {
+            options.catch_up
+        } else {
+            Duration::ZERO
+        };
+        let (catch_up, origin_lsn) =
+            wait_for_origin(&follower, &f.name, &origin, snapshot.consistent_point, wait).await?;
         let keys = previous.as_ref().map(DiffReport::differing_keys);
         let mut spec = DiffSpec::new(
             &f.name,

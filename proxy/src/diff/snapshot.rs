@@ -109,6 +109,24 @@ impl LeaderSnapshot {
         })
     }
 
+    /// Whether slot `slot` is in use by a walsender now (a `run` streaming
+    /// from it).
+    pub async fn slot_active(&self, slot: &str) -> Result<bool, SnapshotError> {
+        let row = self
+            .leader
+            .query_one(
+                "SELECT coalesce((SELECT active FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1), false)",
+                &[&slot],
+            )
+            .await
+            .map_err(|source| SnapshotError::Sql {
+                what: "reading the slot's state",
+                source,
+            })?;
+        Ok(row.get(0))
+    }
+
     /// Ends the snapshot's transaction.
     pub async fn close(self) -> Result<(), SnapshotError> {
         self.leader
