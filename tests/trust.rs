@@ -13,15 +13,16 @@ use pgsieve::harness::compare::expected_secrets;
 use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
-use pgsieve::harness::oracle::OracleRule;
+use pgsieve::harness::oracle::{OracleRule, variables_in_set};
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess, run_pgsieve};
 use pgsieve::harness::workload::{
     Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
 };
+use pgsieve::run::start::ids_digest;
 use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
-use crate::support::scene::Scene;
+use crate::support::scene::{Scene, wait_streaming};
 use crate::support::{assert_no_leak, never_granted_variables, ok};
 
 /// Rows an attacker with write access to the follower plants to pull app 2
@@ -398,4 +399,114 @@ async fn run_refuses_a_publication_that_cannot_carry_the_decisions() {
             scene.leader.batch_execute(repair).await.expect(repair);
         }
     }
+}
+
+/// The digest `pgsieve` logs for the model of `set` at its last start.
+fn last_model_digest(log: &str, set: &str) -> Option<(usize, String)> {
+    let line = log.lines().rev().find(|l| {
+        l.contains("Model built from the leader.") && l.contains(&format!("set={set} "))
+    })?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+    };
+    Some((field("resources")?.parse().ok()?, field("digest")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_built_at_every_restart_is_the_leaders() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let scene = Scene::new(0).await;
+    let outside = never_granted_variables(&scene.leader, &scene.spec, 4).await;
+    let watch = LeakWatch::spawn(
+        vec![LeakWatched {
+            url: scene.topology.followers[0].url(CONJUR_DB),
+            never_granted: outside.clone(),
+        }],
+        Duration::from_millis(20),
+    );
+    let mut pgsieve = ok(PgsieveProcess::start(
+        &scene.config(scene.entry(Some(&scene.east))),
+    ));
+    let east = scene.east.clone();
+    let group = east.data_group();
+    let mut rng = StdRng::seed_from_u64(13);
+    // Apps 0..4 only: app 4 stays outside east for the leak watch.
+    let var = |rng: &mut StdRng| scene.pop.variables[rng.gen_range(0..20)].clone();
+    for round in 0..6 {
+        let kill_at = rng.gen_range(0..30);
+        for op in 0..30 {
+            if op == kill_at {
+                pgsieve.kill();
+            }
+            let change = match rng.gen_range(0..6) {
+                0 => Change::GrantRole {
+                    role: scene.pop.layers[rng.gen_range(0..4)].clone(),
+                    member: group.clone(),
+                },
+                1 => Change::RevokeRole {
+                    role: scene.pop.layers[rng.gen_range(0..4)].clone(),
+                    member: group.clone(),
+                },
+                2 => Change::Permit {
+                    role: group.clone(),
+                    privilege: "execute".into(),
+                    resource: var(&mut rng),
+                },
+                3 => Change::Deny {
+                    role: group.clone(),
+                    privilege: "execute".into(),
+                    resource: var(&mut rng),
+                },
+                4 => Change::SetOwner {
+                    resource: var(&mut rng),
+                    owner: if rng.gen_bool(0.5) {
+                        group.clone()
+                    } else {
+                        scene.spec.app_policy(0)
+                    },
+                },
+                _ => {
+                    let v = var(&mut rng);
+                    ok(
+                        rotate_secret(&scene.leader, &v, format!("r{round}-{op}").as_bytes(), None)
+                            .await,
+                    );
+                    continue;
+                }
+            };
+            // A grant that exists already, or a revoke of nothing, is a no-op.
+            let _ = apply_changes(&scene.leader, None, &[change]).await;
+        }
+        for v in &outside {
+            ok(rotate_secret(&scene.leader, v, format!("out-{round}").as_bytes(), None).await);
+        }
+        // The leader is quiet (but for heartbeats) while pgsieve starts, so
+        // the leader's state now is the state at the model's snapshot.
+        let starts = pgsieve.log().matches("Starting replication.").count();
+        ok(pgsieve.start_again());
+        wait_streaming(&pgsieve, starts + 1);
+        let oracle = ok(variables_in_set(&scene.leader, &group, OracleRule::Execute).await);
+        let ids: Vec<&str> = oracle.iter().map(String::as_str).collect();
+        let want = (ids.len(), format!("{:016x}", ids_digest(&ids)));
+        assert_eq!(
+            last_model_digest(&pgsieve.log(), &group),
+            Some(want),
+            "round {round}: the model built at start differs from the leader's oracle\n{}",
+            pgsieve.log()
+        );
+        scene
+            .assert_projection(
+                &pgsieve,
+                Some(&east),
+                OracleRule::Execute,
+                &[],
+                &format!("round {round}"),
+            )
+            .await;
+    }
+    assert_no_leak(&ok(watch.stop().await), 10, &pgsieve.log());
 }

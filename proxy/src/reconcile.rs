@@ -148,14 +148,21 @@ pub async fn reconcile_follower(
             break;
         }
     }
+    // In-set ids after the last held one are missing too; so is whatever
+    // the loop above collected below a full chunk.
     let rest = in_set.get(next..).unwrap_or_default();
-    for chunk in rest.chunks(BACKFILL_CHUNK_IDS) {
-        missing.extend(chunk.iter().map(|id| (*id).to_owned()));
-        backfill(leader, follower, &select, &table, &missing, &mut report)
-            .await
-            .map_err(|e| failed(name, "backfilling secrets of the set", e))?;
-        missing.clear();
+    for id in rest {
+        missing.push((*id).to_owned());
+        if missing.len() >= BACKFILL_CHUNK_IDS {
+            backfill(leader, follower, &select, &table, &missing, &mut report)
+                .await
+                .map_err(|e| failed(name, "backfilling secrets of the set", e))?;
+            missing.clear();
+        }
     }
+    backfill(leader, follower, &select, &table, &missing, &mut report)
+        .await
+        .map_err(|e| failed(name, "backfilling secrets of the set", e))?;
     follower
         .batch_execute("CLOSE pgsieve_held; COMMIT")
         .await

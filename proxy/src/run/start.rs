@@ -168,6 +168,7 @@ pub(crate) async fn prepare(
     };
     let at = snapshot.at();
     let model = model_from_tables(snapshot.client(), specs).await?;
+    log_model(&model, at);
     let needs_tables = footings.iter().any(|f| *f != Footing::Resume);
     let tables = if needs_tables {
         let tables = published_tables(snapshot.client(), &config.leader.publication)
@@ -242,6 +243,30 @@ pub(crate) async fn prepare(
         start_lsn,
         model_at: at,
     })
+}
+
+/// Logs, per replica set, how many resources the model puts in it and a
+/// digest of their sorted ids (FNV-1a over `id\n`…): operators see what a
+/// start decided, and tests compare it with the leader's own answer.
+fn log_model(model: &Model, at: Lsn) {
+    for (bit, spec) in model.sets().iter().enumerate() {
+        let mut ids: Vec<&str> = model.resources_in(bit).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        tracing::info!(model_at = %at, set = %spec.name, resources = ids.len(), digest = %format!("{:016x}", ids_digest(&ids)), "Model built from the leader.");
+    }
+}
+
+/// FNV-1a (64 bit) over each id followed by a newline.
+pub fn ids_digest(ids: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in ids {
+        for &b in id.as_bytes().iter().chain(b"\n") {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 #[cfg(test)]
