@@ -645,9 +645,6 @@ async fn leader_facts(
 async fn check_replication_connection(config: &Config) -> CheckResult {
     const NAME: &str = "leader: replication connection";
     let mut source = SourceConfig::new(config.leader.pg.clone());
-    if let Some(tls) = &config.leader.tls {
-        source.tls = tls.clone();
-    }
     source.application_name = format!("pgsieve-check-{}", config.leader.slot);
     let mut conn = match ReplicationConnection::connect(&source).await {
         Ok(conn) => conn,
@@ -859,20 +856,18 @@ async fn probe_apply_session(follower: &str, client: &Client) -> CheckResult {
 /// An ordinary SQL session for a one-shot command (`check`, `status`): bounded by
 /// [`CONNECT_TIMEOUT`], failures as one precise sentence.
 pub(crate) async fn connect(
-    pg: &tokio_postgres::Config,
+    pg: &crate::conn::ConnConfig,
     what: &str,
 ) -> Result<Arc<Client>, String> {
     let mut pg = pg.clone();
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(CONNECT_TIMEOUT);
+    if pg.params.connect_timeout.is_none() {
+        pg.params.connect_timeout = Some(CONNECT_TIMEOUT);
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, crate::run::connect_sql(&pg, what)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, crate::conn::connect_sql(&pg, what)).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(match &e {
-            crate::run::RunError::Sql { source, .. } => {
-                format!("cannot connect to {what}: {}", db_message(source))
-            }
-            other => other.to_string(),
+        Ok(Err(e)) => Err(match e.pg_error() {
+            Some(source) => format!("cannot connect to {what}: {}", db_message(source)),
+            None => format!("cannot connect to {what}: {}", e.source),
         }),
         Err(_) => Err(format!(
             "cannot connect to {what}: no answer within {} s",
@@ -881,8 +876,13 @@ pub(crate) async fn connect(
     }
 }
 
-fn user_of(pg: &tokio_postgres::Config) -> String {
-    pg.get_user().unwrap_or("(default user)").to_owned()
+fn user_of(pg: &crate::conn::ConnConfig) -> String {
+    let tls = match pg.tls.mode {
+        crate::conn::SslMode::VerifyFull | crate::conn::SslMode::VerifyCa => ", TLS verified",
+        crate::conn::SslMode::Disable => "",
+        _ => ", TLS not verified",
+    };
+    format!("{}{tls} (sslmode={})", pg.user(), pg.tls.mode.as_str())
 }
 
 async fn query_one(

@@ -10,6 +10,7 @@
 pub mod bootstrap;
 pub mod check;
 pub mod config;
+pub mod conn;
 pub mod copy;
 pub mod fanout;
 pub mod feedback;
