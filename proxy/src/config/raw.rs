@@ -95,8 +95,13 @@ pub struct RawApply {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
-    /// `host:port` for `/metrics`, `/healthz`, `/readyz`.
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; a bare port (or
+    /// `:port`) listens on 127.0.0.1 only.
     pub listen: Option<String>,
+    /// File holding a bearer token: `/metrics` then answers 401 without
+    /// `Authorization: Bearer <token>`, and `/readyz` keeps its reason to
+    /// itself (status code only).
+    pub token_file: Option<PathBuf>,
     /// Lag (bytes) above which `/readyz` fails and `check` warns.
     pub max_lag_bytes: Option<u64>,
 }
@@ -172,6 +177,7 @@ impl RawConfig {
                 "APPLY_DETACH_AFTER_MS" => num(&mut self.apply.detach_after_ms)?,
                 "METRICS_LISTEN" => set(&mut self.metrics.listen),
                 "METRICS_MAX_LAG_BYTES" => num(&mut self.metrics.max_lag_bytes)?,
+                "METRICS_TOKEN_FILE" => path(&mut self.metrics.token_file),
                 "LOG_FORMAT" => set(&mut self.log.format),
                 "LOG_LEVEL" => set(&mut self.log.level),
                 // Read at resolve time, never stored in the raw config.

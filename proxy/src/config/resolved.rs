@@ -84,8 +84,10 @@ pub struct Config {
     pub followers: Vec<FollowerConfig>,
     /// Apply tuning.
     pub apply: ApplySettings,
-    /// `/metrics` listen address.
+    /// `/metrics` listen address (`127.0.0.1` unless a host is given).
     pub metrics_listen: Option<String>,
+    /// Bearer token guarding `/metrics` (and `/readyz`'s reason).
+    pub metrics_token: Option<String>,
     /// Lag bound for readiness.
     pub max_lag_bytes: u64,
     /// Log format.
@@ -182,7 +184,20 @@ impl Config {
             leader,
             followers,
             apply,
-            metrics_listen: raw.metrics.listen.clone(),
+            metrics_listen: raw.metrics.listen.as_deref().map(listen_address),
+            metrics_token: match &raw.metrics.token_file {
+                None => None,
+                Some(path) => {
+                    let token = read_password(path, "[metrics] token_file")?;
+                    if token.trim().is_empty() {
+                        return Err(ConfigError::Invalid(format!(
+                            "[metrics] token_file {} is empty",
+                            path.display()
+                        )));
+                    }
+                    Some(token.trim().to_owned())
+                }
+            },
             max_lag_bytes: raw.metrics.max_lag_bytes.unwrap_or(64 * 1024 * 1024),
             log_format,
             log_level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
@@ -346,6 +361,16 @@ fn resolve_leader(
         (None, None) => env("PGSIEVE_LEADER_PASSWORD").or_else(|| env("PGPASSWORD")),
     };
     conn_config(WHAT, params, password)
+}
+
+/// `[metrics] listen`: a bare port or `:port` means loopback only.
+fn listen_address(listen: &str) -> String {
+    let port = listen.strip_prefix(':').unwrap_or(listen);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        listen.to_owned()
+    }
 }
 
 fn parse_params(
@@ -519,6 +544,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("/nonexistent.pem"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback() {
+        assert_eq!(listen_address("9187"), "127.0.0.1:9187");
+        assert_eq!(listen_address(":9187"), "127.0.0.1:9187");
+        assert_eq!(listen_address("0.0.0.0:9187"), "0.0.0.0:9187");
+        assert_eq!(listen_address("[::1]:9187"), "[::1]:9187");
     }
 
     #[test]

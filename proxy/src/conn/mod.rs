@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub use params::{ChannelBinding, Host, Params, RootCert, SslMode, TargetSessionAttrs};
-pub use sql::{ConnectError, connect_client, connect_sql};
+pub use sql::{ConnectError, connect_client, connect_sql, preflight};
 pub use tls::{TlsInfo, TlsSetup};
 
 /// Connect timeout when the connection string sets none (libpq waits forever;
