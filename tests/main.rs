@@ -18,3 +18,4 @@ mod source;
 mod support;
 mod tap;
 mod throughput;
+mod tls;

@@ -50,14 +50,15 @@ impl Certs {
         let certs = Certs { dir };
         certs.self_signed("ca", "pgsieve test CA")?;
         certs.self_signed("other-ca", "pgsieve unrelated CA")?;
-        certs.signed("server", "localhost", Some("subjectAltName=DNS:localhost"))?;
+        certs.signed("server", "localhost", "subjectAltName=DNS:localhost")?;
         Ok(certs)
     }
 
     /// A client certificate `<role>.crt`/`<role>.key` (`CN=<role>`), signed
     /// by the CA; the key is mode 0600 as libpq (and pgsieve) insist.
     pub fn client(&self, role: &str) -> Result<(PathBuf, PathBuf), HarnessError> {
-        self.signed(role, role, None)?;
+        // An extension makes it X.509 v3, which rustls insists on.
+        self.signed(role, role, "extendedKeyUsage=clientAuth")?;
         Ok((
             self.path(&format!("{role}.crt")),
             self.path(&format!("{role}.key")),
@@ -97,7 +98,7 @@ impl Certs {
         self.private(&key)
     }
 
-    fn signed(&self, name: &str, cn: &str, ext: Option<&str>) -> Result<(), HarnessError> {
+    fn signed(&self, name: &str, cn: &str, ext: &str) -> Result<(), HarnessError> {
         let (key, csr, crt) = (
             format!("{name}.key"),
             format!("{name}.csr"),
@@ -110,7 +111,9 @@ impl Certs {
         self.openssl(&args)?;
         self.private(&key)?;
         let ext_file = format!("{name}.ext");
-        let mut args = vec![
+        std::fs::write(self.path(&ext_file), format!("{ext}\n"))
+            .map_err(|e| HarnessError::io("writing an openssl extension file", e))?;
+        self.openssl(&[
             "x509",
             "-req",
             "-in",
@@ -124,13 +127,9 @@ impl Certs {
             &crt,
             "-days",
             "2",
-        ];
-        if let Some(ext) = ext {
-            std::fs::write(self.path(&ext_file), format!("{ext}\n"))
-                .map_err(|e| HarnessError::io("writing an openssl extension file", e))?;
-            args.extend(["-extfile", &ext_file]);
-        }
-        self.openssl(&args)
+            "-extfile",
+            &ext_file,
+        ])
     }
 
     fn private(&self, name: &str) -> Result<(), HarnessError> {
