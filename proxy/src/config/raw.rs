@@ -37,17 +37,22 @@ pub struct RawConfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLeader {
-    /// libpq-style URL or keyword string of a role with REPLICATION.
+    /// libpq URL or keyword string of a role with REPLICATION, with libpq's
+    /// TLS parameters (`sslmode=verify-full&sslrootcert=…`, `sslcert`,
+    /// `sslkey`, `sslcrl`, `channel_binding`) and `PGSSL*` defaults.
     pub url: Option<String>,
     /// Replication slot name (created on first run).
     pub slot: Option<String>,
     /// Publication name (see `pgsieve setup`).
     pub publication: Option<String>,
-    /// File holding the password (first line); else `PGSIEVE_LEADER_PASSWORD`, else `PGPASSWORD`.
+    /// File holding the password (first line; mode 0600); else
+    /// `PGSIEVE_LEADER_PASSWORD`, else `PGPASSWORD`. Used for the leader only.
     pub password_file: Option<PathBuf>,
-    /// `disable`, `prefer`, `require` or `verify-full`.
+    /// Old spelling of the url's `sslmode` (`disable`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`; `verify-full` without `ca_file` trusts the
+    /// Mozilla roots). Setting both is an error.
     pub tls: Option<String>,
-    /// CA bundle for `verify-full` (default: the Mozilla roots).
+    /// Old spelling of the url's `sslrootcert`.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -59,7 +64,9 @@ pub struct RawFollower {
     pub name: Option<String>,
     /// URL of the follower database (a role allowed to set `session_replication_role`).
     pub url: Option<String>,
-    /// File holding the follower password.
+    /// File holding this follower's password (mode 0600); else
+    /// `PGSIEVE_FOLLOWER_<N>_PASSWORD`. Never the leader's password nor a
+    /// bare `PGPASSWORD`.
     pub password_file: Option<PathBuf>,
     /// Replica set: short name (`conjur/replication-sets/us-east` or `us-east`)
     /// or full data-group id. Absent: the follower receives everything.

@@ -264,7 +264,7 @@ fn tune_socket(tcp: &TcpStream, params: &Params) -> std::io::Result<()> {
 }
 
 /// The ways to try one host, in order: `allow` tries plain, then TLS.
-pub(crate) fn attempts(cfg: &ConnConfig) -> &'static [bool] {
+fn attempts(cfg: &ConnConfig) -> &'static [bool] {
     if cfg.tls.mode == SslMode::Allow {
         &[true, false]
     } else {
@@ -272,9 +272,77 @@ pub(crate) fn attempts(cfg: &ConnConfig) -> &'static [bool] {
     }
 }
 
-/// Shared by both connection kinds: whether a session's answers to
+/// libpq's host loop, shared by both connection kinds: every host in order
+/// (per `target_session_attrs` pass), each within `timeout`, `sslmode=allow`
+/// trying plain then TLS; `state` reads `(transaction_read_only,
+/// in recovery)` of a session when the attributes matter (and hands the
+/// session back). Returns the first session that fits, else the last error.
+pub(crate) async fn first_fitting<C, E, Open, Opening, State, Reading>(
+    cfg: &ConnConfig,
+    timeout: Duration,
+    mut connect: Open,
+    mut state: State,
+) -> Result<C, E>
+where
+    E: From<ConnError> + std::fmt::Display,
+    Open: FnMut(Host, bool) -> Opening,
+    Opening: Future<Output = Result<C, E>>,
+    State: FnMut(C) -> Reading,
+    Reading: Future<Output = (C, Result<(bool, bool), E>)>,
+{
+    let wanted = cfg.params.target_session_attrs;
+    let mut last: Option<E> = None;
+    for &pass in passes(wanted) {
+        for host in &cfg.params.hosts {
+            for &plain_only in attempts(cfg) {
+                let attempt = connect(host.clone(), plain_only);
+                let conn = match tokio::time::timeout(timeout, attempt).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        // libpq goes on with the next host (each one held to
+                        // the same sslmode); the last error is reported.
+                        tracing::debug!(host = %host.describe(), error = %e, "Connection attempt failed.");
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(_) => {
+                        last = Some(E::from(ConnError::Timeout {
+                            addr: host.describe(),
+                            after: timeout,
+                        }));
+                        continue;
+                    }
+                };
+                if pass == TargetSessionAttrs::Any {
+                    return Ok(conn);
+                }
+                let (conn, answer) = state(conn).await;
+                match answer {
+                    Ok((read_only, in_recovery)) if session_fits(pass, read_only, in_recovery) => {
+                        return Ok(conn);
+                    }
+                    Ok(_) => {
+                        last = Some(E::from(ConnError::SessionAttrs {
+                            hosts: cfg.describe(),
+                            wanted: attrs_name(wanted).into(),
+                        }));
+                    }
+                    Err(e) => last = Some(e),
+                }
+                break;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| E::from(ConnError::Config("no host to connect to".into()))))
+}
+
+/// The query both connection kinds ask when `target_session_attrs` matters.
+pub(crate) const SESSION_STATE_SQL: &str =
+    "SELECT current_setting('transaction_read_only') = 'on', pg_is_in_recovery()";
+
+/// Whether a session's answers to
 /// `transaction_read_only` and `pg_is_in_recovery()` fit `wanted`.
-pub(crate) fn session_fits(wanted: TargetSessionAttrs, read_only: bool, in_recovery: bool) -> bool {
+fn session_fits(wanted: TargetSessionAttrs, read_only: bool, in_recovery: bool) -> bool {
     match wanted {
         TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => true,
         TargetSessionAttrs::ReadWrite => !read_only,
@@ -286,7 +354,7 @@ pub(crate) fn session_fits(wanted: TargetSessionAttrs, read_only: bool, in_recov
 
 /// Hosts in the order to try them: `prefer-standby` tries every host as
 /// `standby` first, then as `any` (libpq's two passes).
-pub(crate) fn passes(wanted: TargetSessionAttrs) -> &'static [TargetSessionAttrs] {
+fn passes(wanted: TargetSessionAttrs) -> &'static [TargetSessionAttrs] {
     match wanted {
         TargetSessionAttrs::PreferStandby => {
             &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
@@ -300,7 +368,7 @@ pub(crate) fn passes(wanted: TargetSessionAttrs) -> &'static [TargetSessionAttrs
 }
 
 /// The spelling of `target_session_attrs` values, for messages.
-pub(crate) fn attrs_name(attrs: TargetSessionAttrs) -> &'static str {
+fn attrs_name(attrs: TargetSessionAttrs) -> &'static str {
     match attrs {
         TargetSessionAttrs::Any => "any",
         TargetSessionAttrs::ReadWrite => "read-write",

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::Client;
 use tokio_postgres::tls::{ChannelBinding as PgChannelBinding, TlsConnect, TlsStream};
 
-use super::params::{ChannelBinding, TargetSessionAttrs};
+use super::params::ChannelBinding;
 use super::{BoxedIo, ConnConfig, ConnError, TlsInfo};
 
 /// A SQL connection could not be opened.
@@ -84,54 +84,18 @@ pub async fn connect_client(
         target: cfg.describe(),
         source,
     };
-    let mut last: Option<Failure> = None;
-    let timeout = cfg.connect_timeout();
-    for &pass in super::passes(cfg.params.target_session_attrs) {
-        for host in &cfg.params.hosts {
-            for &plain_only in super::attempts(cfg) {
-                let attempt = connect_one(cfg, host, plain_only, what);
-                let (client, tls) = match tokio::time::timeout(timeout, attempt).await {
-                    Ok(Ok(done)) => done,
-                    Ok(Err(e)) => {
-                        // libpq goes on with the next host (each one is
-                        // held to the same sslmode); the last error is
-                        // the one reported.
-                        tracing::debug!(host = %host.describe(), error = %e, "Connection attempt failed.");
-                        last = Some(e);
-                        continue;
-                    }
-                    Err(_) => {
-                        last = Some(Failure::Conn(ConnError::Timeout {
-                            addr: host.describe(),
-                            after: timeout,
-                        }));
-                        continue;
-                    }
-                };
-                if pass == TargetSessionAttrs::Any {
-                    return Ok((client, tls));
-                }
-                match session_state(&client).await {
-                    Ok((read_only, in_recovery))
-                        if super::session_fits(pass, read_only, in_recovery) =>
-                    {
-                        return Ok((client, tls));
-                    }
-                    Ok(_) => {
-                        last = Some(Failure::Conn(ConnError::SessionAttrs {
-                            hosts: cfg.describe(),
-                            wanted: super::attrs_name(cfg.params.target_session_attrs).into(),
-                        }));
-                    }
-                    Err(e) => last = Some(Failure::Pg(e)),
-                }
-                break;
-            }
-        }
-    }
-    Err(fail(last.unwrap_or_else(|| {
-        Failure::Conn(ConnError::Config("no host to connect to".into()))
-    })))
+    super::first_fitting(
+        cfg,
+        cfg.connect_timeout(),
+        |host, plain_only| async move { connect_one(cfg, &host, plain_only, what).await },
+        |session: (Client, Option<TlsInfo>)| async move {
+            let answer = session.0.query_one(super::SESSION_STATE_SQL, &[]).await;
+            let answer = answer.map(|row| (row.get(0), row.get(1)));
+            (session, answer.map_err(Failure::Pg))
+        },
+    )
+    .await
+    .map_err(fail)
 }
 
 /// Opens (and closes) a session to the leader and to every follower before
@@ -158,16 +122,6 @@ pub async fn preflight(config: &crate::config::Config) -> Result<(), ConnectErro
         }
     }
     Ok(())
-}
-
-async fn session_state(client: &Client) -> Result<(bool, bool), tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT current_setting('transaction_read_only') = 'on', pg_is_in_recovery()",
-            &[],
-        )
-        .await?;
-    Ok((row.get(0), row.get(1)))
 }
 
 async fn connect_one(

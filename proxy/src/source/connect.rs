@@ -14,7 +14,7 @@ use super::auth::{self, Credentials};
 use super::error::SourceError;
 use super::framing::FrameReader;
 use super::messages::{self, tag};
-use crate::conn::{self, BoxedIo, ConnConfig, Host, TargetSessionAttrs};
+use crate::conn::{self, BoxedIo, ConnConfig, Host};
 
 /// Everything needed to open a replication connection to the leader.
 #[derive(Debug, Clone)]
@@ -73,34 +73,13 @@ impl ReplicationConnection {
     /// `target_session_attrs` passes) and returns the first that accepts,
     /// or the last error.
     pub async fn connect(cfg: &SourceConfig) -> Result<Self, SourceError> {
-        let mut last_error = None;
-        for &pass in conn::passes(cfg.pg.params.target_session_attrs) {
-            for host in &cfg.pg.params.hosts {
-                for &plain_only in conn::attempts(&cfg.pg) {
-                    let attempt = connect_one(cfg, host, plain_only);
-                    let mut conn = match tokio::time::timeout(cfg.connect_timeout, attempt).await {
-                        Ok(Ok(conn)) => conn,
-                        Ok(Err(e)) => {
-                            tracing::debug!(addr = %host.describe(), error = %e, "Leader host failed.");
-                            last_error = Some(e);
-                            continue;
-                        }
-                        Err(_) => {
-                            last_error = Some(SourceError::Timeout {
-                                addr: host.describe(),
-                                after: cfg.connect_timeout,
-                            });
-                            continue;
-                        }
-                    };
-                    if pass == TargetSessionAttrs::Any {
-                        return Ok(conn);
-                    }
-                    let rows = conn
-                        .simple_query(
-                            "SELECT current_setting('transaction_read_only') = 'on', pg_is_in_recovery()",
-                        )
-                        .await?;
+        conn::first_fitting(
+            &cfg.pg,
+            cfg.connect_timeout,
+            |host, plain_only| async move { connect_one(cfg, &host, plain_only).await },
+            |mut session: ReplicationConnection| async move {
+                let answer = session.simple_query(conn::SESSION_STATE_SQL).await;
+                let answer = answer.map(|rows| {
                     let yes = |i: usize| {
                         rows.first()
                             .and_then(|r| r.get(i))
@@ -109,21 +88,12 @@ impl ReplicationConnection {
                             .as_deref()
                             == Some("t")
                     };
-                    if conn::session_fits(pass, yes(0), yes(1)) {
-                        return Ok(conn);
-                    }
-                    last_error = Some(SourceError::Connect {
-                        addr: cfg.pg.describe(),
-                        source: std::io::Error::other(format!(
-                            "no leader host is {}",
-                            conn::attrs_name(cfg.pg.params.target_session_attrs)
-                        )),
-                    });
-                    break;
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| SourceError::Config("no leader host configured".into())))
+                    (yes(0), yes(1))
+                });
+                (session, answer)
+            },
+        )
+        .await
     }
 
     /// `host:port` (or socket path) of the leader this session talks to.
