@@ -479,6 +479,51 @@ async fn tls_failures_are_one_line_and_nothing_is_written() {
         .await
         .unwrap();
     assert_eq!(rows, vec![vec![Some("t".to_owned())]]);
+
+    // verify-ca checks the chain only: the address is fine, another CA is not;
+    // require with a root certificate is verify-ca (libpq's rule).
+    let by_address = good_leader.replace("@localhost:", "@127.0.0.1:");
+    let with_password = |url: String| format!("{url}&password={REPLICATOR_PASSWORD}");
+    let verify_ca = with_password(by_address.replace("verify-full", "verify-ca"));
+    ReplicationConnection::connect(&SourceConfig::parse(&verify_ca).unwrap())
+        .await
+        .expect("verify-ca by address");
+    let require_other_ca = with_password(
+        by_address
+            .replace("verify-full", "require")
+            .replace("ca.crt", "other-ca.crt"),
+    );
+    let err = ReplicationConnection::connect(&SourceConfig::parse(&require_other_ca).unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+    // Several hosts: a dead one first, then the leader; target_session_attrs
+    // is honoured (a primary is not read-only).
+    let dead = free_port();
+    let hosts = format!(
+        "host=localhost,localhost port={dead},{} user=postgres dbname={CONJUR_DB} sslmode=verify-full sslrootcert={}",
+        topology.leader.port(),
+        ca.display()
+    );
+    let cfg = ConnConfig::parse(&hosts).unwrap();
+    let (_, tls) = pgsieve::conn::connect_client(&cfg, "the leader")
+        .await
+        .map_err(|e| pgsieve::report::error_chain(&e))
+        .expect("second host");
+    assert!(tls.is_some_and(|t| t.verified));
+    let cfg = ConnConfig::parse(&format!("{hosts} target_session_attrs=read-only")).unwrap();
+    let Err(err) = pgsieve::conn::connect_client(&cfg, "the leader").await else {
+        panic!("a primary passed as read-only");
+    };
+    assert!(err.to_string().contains("is read-only"), "{err}");
+    let cfg = ConnConfig::parse(&format!("{hosts} target_session_attrs=prefer-standby")).unwrap();
+    assert!(
+        pgsieve::conn::connect_client(&cfg, "the leader")
+            .await
+            .is_ok()
+    );
 }
 
 /// A fake PostgreSQL server: answers `SSLRequest` with `N`, reads the
@@ -577,6 +622,21 @@ async fn a_follower_asking_for_a_password_never_gets_the_leaders() {
             );
         }
         if name == "cleartext" {
+            // The replication connection refuses the same way, and sends nothing.
+            let (port, fake) = fake_follower(3u32.to_be_bytes().to_vec()).await;
+            let cfg = SourceConfig::parse(&format!(
+                "postgresql://replicator:{leader_password}@127.0.0.1:{port}/conjur"
+            ))
+            .unwrap();
+            let err = ReplicationConnection::connect(&cfg).await.err().unwrap();
+            assert!(err.to_string().contains("cleartext"), "{err}");
+            assert!(!err.is_transient());
+            let received = fake.await.unwrap();
+            assert!(
+                received.iter().all(|b| b.first() != Some(&b'p')),
+                "{received:?}"
+            );
+
             assert_eq!(code, Some(1), "{stderr}");
             assert!(
                 stderr.contains("asks for the password in cleartext"),
