@@ -483,10 +483,10 @@ async fn check_leader(
     results: &mut Vec<CheckResult>,
 ) -> Option<(Vec<String>, TableColumns)> {
     let leader = match connect(&config.leader.pg, "the leader").await {
-        Ok(client) => {
+        Ok((client, tls)) => {
             results.push(CheckResult::pass(
                 "leader: connection",
-                format!("connected as {}", user_of(&config.leader.pg)),
+                format!("connected as {}", user_of(&config.leader.pg, tls.as_ref())),
             ));
             client
         }
@@ -768,10 +768,10 @@ async fn check_follower(
 ) {
     let prefix = format!("follower {}", follower.name);
     let client = match connect(&follower.pg, &prefix).await {
-        Ok(client) => {
+        Ok((client, tls)) => {
             results.push(CheckResult::pass(
                 format!("{prefix}: connection"),
-                format!("connected as {}", user_of(&follower.pg)),
+                format!("connected as {}", user_of(&follower.pg, tls.as_ref())),
             ));
             client
         }
@@ -858,13 +858,13 @@ async fn probe_apply_session(follower: &str, client: &Client) -> CheckResult {
 pub(crate) async fn connect(
     pg: &crate::conn::ConnConfig,
     what: &str,
-) -> Result<Arc<Client>, String> {
+) -> Result<(Arc<Client>, Option<crate::conn::TlsInfo>), String> {
     let mut pg = pg.clone();
     if pg.params.connect_timeout.is_none() {
         pg.params.connect_timeout = Some(CONNECT_TIMEOUT);
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, crate::conn::connect_sql(&pg, what)).await {
-        Ok(Ok(client)) => Ok(client),
+    match tokio::time::timeout(CONNECT_TIMEOUT, crate::conn::connect_client(&pg, what)).await {
+        Ok(Ok((client, tls))) => Ok((Arc::new(client), tls)),
         Ok(Err(e)) => Err(match e.pg_error() {
             Some(source) => format!("cannot connect to {what}: {}", db_message(source)),
             None => format!("cannot connect to {what}: {}", e.source),
@@ -876,13 +876,15 @@ pub(crate) async fn connect(
     }
 }
 
-fn user_of(pg: &crate::conn::ConnConfig) -> String {
-    let tls = match pg.tls.mode {
-        crate::conn::SslMode::VerifyFull | crate::conn::SslMode::VerifyCa => ", TLS verified",
-        crate::conn::SslMode::Disable => "",
-        _ => ", TLS not verified",
+/// `role, TLS verified (sslmode=…)`: who pgsieve is and how the session
+/// is protected, as negotiated.
+fn user_of(pg: &crate::conn::ConnConfig, tls: Option<&crate::conn::TlsInfo>) -> String {
+    let tls = match tls {
+        Some(t) if t.verified => "TLS verified",
+        Some(_) => "TLS, certificate not verified",
+        None => "no TLS",
     };
-    format!("{}{tls} (sslmode={})", pg.user(), pg.tls.mode.as_str())
+    format!("{}, {tls} (sslmode={})", pg.user(), pg.tls.mode.as_str())
 }
 
 async fn query_one(
