@@ -480,6 +480,26 @@ async fn tls_failures_are_one_line_and_nothing_is_written() {
         .unwrap();
     assert_eq!(rows, vec![vec![Some("t".to_owned())]]);
 
+    // The control: without TLS (the follower, plain SCRAM) the same
+    // requirement fails, on both connection kinds, so the sessions above
+    // really were bound to their TLS channel (SCRAM-SHA-256-PLUS).
+    let unbound = format!(
+        "{}?sslmode=disable&channel_binding=require",
+        topology.followers[0].replicator_url(CONJUR_DB)
+    );
+    let err = ReplicationConnection::connect(&SourceConfig::parse(&unbound).unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("SCRAM-SHA-256-PLUS"), "{err}");
+    let Err(err) =
+        pgsieve::conn::connect_client(&ConnConfig::parse(&unbound).unwrap(), "follower").await
+    else {
+        panic!("channel_binding=require without TLS succeeded");
+    };
+    let err = pgsieve::report::error_chain(&err);
+    assert!(err.contains("channel binding"), "{err}");
+
     // verify-ca checks the chain only: the address is fine, another CA is not;
     // require with a root certificate is verify-ca (libpq's rule).
     let by_address = good_leader.replace("@localhost:", "@127.0.0.1:");
@@ -498,6 +518,30 @@ async fn tls_failures_are_one_line_and_nothing_is_written() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+    // A revocation list naming the leader's certificate.
+    let crl = ok(certs.revoking("server"));
+    let revoked = with_password(format!("{good_leader}&sslcrl={}", crl.display()));
+    let err = ReplicationConnection::connect(&SourceConfig::parse(&revoked).unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("Revoked"), "{err}");
+
+    // A client key others can read is refused before connecting.
+    let (crt, key) = ok(certs.client(CERT_ROLE));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let err = ConnConfig::parse(&format!(
+        "{good_leader}&sslcert={}&sslkey={}",
+        crt.display(),
+        key.display()
+    ))
+    .err()
+    .unwrap();
+    assert!(err.contains("sslkey") && err.contains("0644"), "{err}");
 
     // Several hosts: a dead one first, then the leader; target_session_attrs
     // is honoured (a primary is not read-only).

@@ -65,6 +65,27 @@ impl Certs {
         ))
     }
 
+    /// A CRL (PEM) from the CA that revokes `name.crt` (e.g. `server`).
+    pub fn revoking(&self, name: &str) -> Result<PathBuf, HarnessError> {
+        let write = |file: &str, text: &str| {
+            std::fs::write(self.path(file), text)
+                .map_err(|e| HarnessError::io("writing openssl CA files", e))
+        };
+        write("index.txt", "")?;
+        write("crlnumber", "01\n")?;
+        write(
+            "ca.cnf",
+            "[ca]\ndefault_ca = pgsieve\n[pgsieve]\ndatabase = index.txt\n\
+             crlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n",
+        )?;
+        let crt = format!("{name}.crt");
+        let crl = format!("{name}.crl");
+        let ca = ["-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+        self.openssl(&[&["ca"][..], &ca, &["-revoke", &crt]].concat())?;
+        self.openssl(&[&["ca"][..], &ca, &["-gencrl", "-out", &crl]].concat())?;
+        Ok(self.path(&crl))
+    }
+
     /// A file in the certificate dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
