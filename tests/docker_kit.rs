@@ -166,6 +166,12 @@ async fn kit_configs_run_two_sidecars_that_filter_by_their_sets() {
     std::fs::write(secrets.join("replicator_password"), REPLICATOR_PASSWORD).unwrap();
     // The followers trust loopback; the file must exist all the same.
     std::fs::write(secrets.join("follower_password"), "unused").unwrap();
+    // Password files readable by others are refused (libpq's rule).
+    for name in ["replicator_password", "follower_password"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(secrets.join(name), mode).unwrap();
+    }
     let port = topology.leader.port();
     let replicator = format!("postgresql://{REPLICATOR_ROLE}@127.0.0.1:{port}/{CONJUR_DB}");
 

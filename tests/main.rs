@@ -21,5 +21,6 @@ mod source;
 mod support;
 mod tap;
 mod throughput;
+mod tls;
 mod trust;
 mod verify;

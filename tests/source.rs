@@ -1,16 +1,15 @@
 //! `pgsieve::source`: the leader replication connection against real
 //! PostgreSQL 15 clusters — login (SCRAM, MD5, wrong password), replication
 //! commands checked against SQL on the same server, exported snapshots,
-//! streaming with feedback, error classification, TLS.
+//! streaming with feedback, error classification (TLS: `tls.rs`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use pgsieve::conn::ConnConfig;
 use pgsieve::harness::cluster::{Cluster, ClusterSpec};
 use pgsieve::source::{
-    ReplicationConnection, ReplicationStream, SnapshotAction, SourceConfig, SourceError, TlsMode,
+    ReplicationConnection, ReplicationStream, SnapshotAction, SourceConfig, SourceError,
 };
 use pgsieve_protocol::{Lsn, PgTimestamp, ReplicationMessage, StandbyStatusUpdate};
 
@@ -23,8 +22,8 @@ fn leader(name: &str) -> Cluster {
 
 /// The replicator (SCRAM, non-superuser) on `db`, without TLS.
 fn replicator_config(cluster: &Cluster, db: &str) -> SourceConfig {
-    let mut cfg = SourceConfig::parse(&cluster.replicator_url(db)).expect("parse replicator url");
-    cfg.tls = TlsMode::Disable;
+    let url = format!("{}?sslmode=disable", cluster.replicator_url(db));
+    let mut cfg = SourceConfig::parse(&url).expect("parse replicator url");
     cfg.application_name = "pgsieve-test".into();
     cfg.connect_timeout = Duration::from_secs(10);
     cfg
@@ -72,7 +71,7 @@ async fn scram_login_succeeds_and_wrong_password_fails_clearly() {
     assert_eq!(conn.server_parameter("client_encoding"), Some("UTF8"));
 
     let mut wrong = replicator_config(&cluster, DB);
-    wrong.pg.password("not-the-password");
+    wrong.pg.password = Some(b"not-the-password".to_vec());
     let err = ReplicationConnection::connect(&wrong)
         .await
         .err()
@@ -93,11 +92,10 @@ async fn scram_login_succeeds_and_wrong_password_fails_clearly() {
     );
 
     let mut none = replicator_config(&cluster, DB);
-    none.pg = format!(
-        "host=127.0.0.1 port={} user=replicator dbname={DB}",
+    none.pg = ConnConfig::parse(&format!(
+        "host=127.0.0.1 port={} user=replicator dbname={DB} sslmode=disable",
         cluster.port()
-    )
-    .parse()
+    ))
     .unwrap();
     let err = ReplicationConnection::connect(&none).await.err().unwrap();
     assert!(
@@ -556,225 +554,4 @@ async fn wal_level_replica_is_a_clear_permanent_error() {
     assert!(!err.is_transient());
     // The session survives a failed command.
     assert!(conn.identify_system().await.is_ok());
-}
-
-// ---------------------------------------------------------------- TLS
-
-/// A CA and a server certificate for `localhost` only, made with openssl.
-struct Certs {
-    dir: tempfile_dir::Dir,
-}
-
-mod tempfile_dir {
-    /// A temp dir removed on drop (the tests crate has no tempfile dep).
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Certs {
-    fn generate() -> Certs {
-        let dir = std::env::temp_dir().join(format!(
-            "pgsieve-certs-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl CLI");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(&[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=pgsieve test CA",
-            ],
-        ]
-        .concat());
-        run(&[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat());
-        std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
-        Certs {
-            dir: tempfile_dir::Dir(dir),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.0.join(name)
-    }
-}
-
-/// Copies the server key pair into the data dir (owned like the data dir,
-/// mode 0600, as PostgreSQL insists) and turns ssl on.
-fn enable_ssl(cluster: &Cluster, certs: &Certs) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let data = cluster.data_dir();
-    let meta = std::fs::metadata(&data).unwrap();
-    for name in ["server.crt", "server.key"] {
-        let target: &Path = &data.join(name);
-        std::fs::copy(certs.path(name), target).unwrap();
-        std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::os::unix::fs::chown(target, Some(meta.uid()), Some(meta.gid())).unwrap();
-    }
-    cluster
-        .psql("postgres", "ALTER SYSTEM SET ssl = on")
-        .unwrap();
-    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
-    let deadline = Instant::now() + WAIT;
-    while cluster.psql("postgres", "SHOW ssl").unwrap() != "on" {
-        assert!(Instant::now() < deadline, "ssl never turned on");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn tls_config(cluster: &Cluster, host: &str, tls: TlsMode) -> SourceConfig {
-    let url = cluster.replicator_url(DB).replace("127.0.0.1", host);
-    let mut cfg = SourceConfig::parse(&url).unwrap();
-    cfg.tls = tls;
-    cfg
-}
-
-async fn is_ssl_session(conn: &mut ReplicationConnection) -> bool {
-    let rows = conn
-        .simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .await
-        .unwrap();
-    rows == vec![vec![Some("t".to_string())]]
-}
-
-#[tokio::test]
-async fn tls_require_and_verify_full() {
-    let cluster = leader("src-tls");
-    // ssl = off: Require refuses, Prefer falls back to plain.
-    let err = ReplicationConnection::connect(&tls_config(&cluster, "127.0.0.1", TlsMode::Require))
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, SourceError::Tls { .. }), "{err:?}");
-    assert!(!err.is_transient());
-    let mut plain =
-        ReplicationConnection::connect(&tls_config(&cluster, "127.0.0.1", TlsMode::Prefer))
-            .await
-            .unwrap();
-    assert!(!plain.is_tls());
-    assert!(!is_ssl_session(&mut plain).await);
-
-    let certs = Certs::generate();
-    enable_ssl(&cluster, &certs);
-
-    // Require: encrypted, certificate not checked; SCRAM still works over TLS.
-    let mut conn =
-        ReplicationConnection::connect(&tls_config(&cluster, "127.0.0.1", TlsMode::Require))
-            .await
-            .unwrap();
-    assert!(conn.is_tls());
-    assert!(
-        is_ssl_session(&mut conn).await,
-        "server sees an SSL session"
-    );
-    conn.identify_system().await.unwrap();
-
-    // verify-full with our CA and the certificate's name.
-    let verify = TlsMode::VerifyFull {
-        ca_file: Some(certs.path("ca.crt")),
-    };
-    let mut conn =
-        ReplicationConnection::connect(&tls_config(&cluster, "localhost", verify.clone()))
-            .await
-            .expect("verify-full against localhost");
-    assert!(is_ssl_session(&mut conn).await);
-
-    // Wrong host name for the certificate.
-    let err = ReplicationConnection::connect(&tls_config(&cluster, "127.0.0.1", verify))
-        .await
-        .err()
-        .unwrap();
-    match &err {
-        SourceError::Tls { reason, .. } => {
-            assert!(reason.contains("not valid for name"), "{reason}")
-        }
-        other => panic!("expected a TLS error, got {other:?}"),
-    }
-    assert!(!err.is_transient());
-
-    // Not signed by a public root.
-    let err = ReplicationConnection::connect(&tls_config(
-        &cluster,
-        "localhost",
-        TlsMode::VerifyFull { ca_file: None },
-    ))
-    .await
-    .err()
-    .unwrap();
-    match &err {
-        SourceError::Tls { reason, .. } => assert!(reason.contains("UnknownIssuer"), "{reason}"),
-        other => panic!("expected a TLS error, got {other:?}"),
-    }
-
-    // A missing CA file is a clear error.
-    let err = ReplicationConnection::connect(&tls_config(
-        &cluster,
-        "localhost",
-        TlsMode::VerifyFull {
-            ca_file: Some(certs.path("missing.crt")),
-        },
-    ))
-    .await
-    .err()
-    .unwrap();
-    assert!(err.to_string().contains("missing.crt"), "{err}");
 }

@@ -52,7 +52,7 @@ fn spawn_tap(config: &Path, format: &str, limit: usize) -> Child {
 }
 
 /// Waits for the child to exit on its own (`--limit`), killing it after `timeout`.
-fn finish(mut child: Child, timeout: Duration) -> (String, String) {
+pub(crate) fn finish(mut child: Child, timeout: Duration) -> (String, String) {
     let deadline = Instant::now() + timeout;
     while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -72,7 +72,7 @@ fn finish(mut child: Child, timeout: Duration) -> (String, String) {
     (stdout, stderr)
 }
 
-async fn wait_for_tap_slots(leader: &Client, count: i64, taps: &mut [&mut Child]) {
+pub(crate) async fn wait_for_tap_slots(leader: &Client, count: i64, taps: &mut [&mut Child]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let row = leader

@@ -473,10 +473,10 @@ async fn check_leader(
     results: &mut Vec<CheckResult>,
 ) -> Option<(Vec<String>, TableColumns)> {
     let leader = match connect(&config.leader.pg, "the leader").await {
-        Ok(client) => {
+        Ok((client, tls)) => {
             results.push(CheckResult::pass(
                 "leader: connection",
-                format!("connected as {}", user_of(&config.leader.pg)),
+                format!("connected as {}", user_of(&config.leader.pg, tls.as_ref())),
             ));
             client
         }
@@ -637,9 +637,6 @@ async fn leader_facts(
 async fn check_replication_connection(config: &Config) -> CheckResult {
     const NAME: &str = "leader: replication connection";
     let mut source = SourceConfig::new(config.leader.pg.clone());
-    if let Some(tls) = &config.leader.tls {
-        source.tls = tls.clone();
-    }
     source.application_name = format!("pgsieve-check-{}", config.leader.slot);
     let mut conn = match ReplicationConnection::connect(&source).await {
         Ok(conn) => conn,
@@ -725,10 +722,10 @@ async fn check_follower(
 ) {
     let prefix = format!("follower {}", follower.name);
     let client = match connect(&follower.pg, &prefix).await {
-        Ok(client) => {
+        Ok((client, tls)) => {
             results.push(CheckResult::pass(
                 format!("{prefix}: connection"),
-                format!("connected as {}", user_of(&follower.pg)),
+                format!("connected as {}", user_of(&follower.pg, tls.as_ref())),
             ));
             client
         }
@@ -813,20 +810,18 @@ async fn probe_apply_session(follower: &str, client: &Client) -> CheckResult {
 /// An ordinary SQL session for a one-shot command (`check`, `status`): bounded by
 /// [`CONNECT_TIMEOUT`], failures as one precise sentence.
 pub(crate) async fn connect(
-    pg: &tokio_postgres::Config,
+    pg: &crate::conn::ConnConfig,
     what: &str,
-) -> Result<Arc<Client>, String> {
+) -> Result<(Arc<Client>, Option<crate::conn::TlsInfo>), String> {
     let mut pg = pg.clone();
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(CONNECT_TIMEOUT);
+    if pg.params.connect_timeout.is_none() {
+        pg.params.connect_timeout = Some(CONNECT_TIMEOUT);
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, crate::run::connect_sql(&pg, what)).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(match &e {
-            crate::run::RunError::Sql { source, .. } => {
-                format!("cannot connect to {what}: {}", db_message(source))
-            }
-            other => other.to_string(),
+    match tokio::time::timeout(CONNECT_TIMEOUT, crate::conn::connect_client(&pg, what)).await {
+        Ok(Ok((client, tls))) => Ok((Arc::new(client), tls)),
+        Ok(Err(e)) => Err(match e.pg_error() {
+            Some(source) => format!("cannot connect to {what}: {}", db_message(source)),
+            None => format!("cannot connect to {what}: {}", e.source),
         }),
         Err(_) => Err(format!(
             "cannot connect to {what}: no answer within {} s",
@@ -835,8 +830,15 @@ pub(crate) async fn connect(
     }
 }
 
-fn user_of(pg: &tokio_postgres::Config) -> String {
-    pg.get_user().unwrap_or("(default user)").to_owned()
+/// `role, TLS verified (sslmode=…)`: who pgsieve is and how the session
+/// is protected, as negotiated.
+fn user_of(pg: &crate::conn::ConnConfig, tls: Option<&crate::conn::TlsInfo>) -> String {
+    let tls = match tls {
+        Some(t) if t.verified => "TLS verified",
+        Some(_) => "TLS, certificate not verified",
+        None => "no TLS",
+    };
+    format!("{}, {tls} (sslmode={})", pg.user(), pg.tls.mode.as_str())
 }
 
 async fn query_one(

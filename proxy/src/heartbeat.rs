@@ -78,7 +78,7 @@ pub fn spawn(config: &Config, telemetry: &Telemetry) -> Option<Heartbeat> {
 }
 
 async fn beat_forever(
-    pg: tokio_postgres::Config,
+    pg: crate::conn::ConnConfig,
     slot: String,
     interval: Duration,
     reporter: HeartbeatReporter,
@@ -111,7 +111,7 @@ async fn beat_forever(
     }
 }
 
-async fn open(pg: &tokio_postgres::Config) -> Result<Arc<Client>, String> {
+async fn open(pg: &crate::conn::ConnConfig) -> Result<Arc<Client>, String> {
     let client = crate::run::connect_sql(pg, "the leader (heartbeat)")
         .await
         .map_err(|e| crate::report::error_chain(&e))?;

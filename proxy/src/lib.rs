@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod check;
 pub mod config;
 pub mod conjur;
+pub mod conn;
 pub mod copy;
 pub mod diff;
 pub mod fanout;

@@ -21,7 +21,7 @@ fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(pgsieve::report::redacting_stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -60,6 +60,9 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         Command::Run { config } => {
             let config = load(&config)?;
             init_logging(config.log_format, &config.log_level);
+            pgsieve::conn::preflight(&config)
+                .await
+                .map_err(|e| error_chain(&e))?;
             run(config, shutdown_signal())
                 .await
                 .map_err(|e| error_chain(&e))

@@ -612,6 +612,7 @@ impl Telemetry {
             tasks.push(tokio::spawn(http::serve(
                 listener,
                 Arc::new(move |path: &str| router.route(path)),
+                config.metrics_token.as_deref().map(Arc::from),
             )));
             tasks.push(tokio::spawn(async move {
                 let mut every = tokio::time::interval(UPKEEP_EVERY);

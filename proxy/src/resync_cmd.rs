@@ -77,7 +77,7 @@ pub async fn resync(
     let origin = config.origin_name();
     let follower = connect_sql(&f.pg, &format!("follower {}", f.name))
         .await
-        .map_err(|e| ResyncError::Connect(Box::new(e)))?;
+        .map_err(|e| ResyncError::Connect(Box::new(e.into())))?;
     let before = setup_apply_session(&follower, &origin)
         .await
         .map_err(|source| {

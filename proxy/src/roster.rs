@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_postgres::NoTls;
 
 use crate::config::Config;
 use crate::fanout::{DetachReason, Fanout, Standing};
@@ -131,7 +130,7 @@ impl<'a> Roster<'a> {
 /// Waits `delay`, then polls the follower until it accepts a connection
 /// and reports `index` on `rejoin`.
 async fn probe_follower(
-    pg: tokio_postgres::Config,
+    pg: crate::conn::ConnConfig,
     name: String,
     index: usize,
     delay: Duration,
@@ -140,10 +139,9 @@ async fn probe_follower(
     tokio::time::sleep(delay).await;
     let mut every = Duration::from_millis(500);
     loop {
-        match pg.connect(NoTls).await {
-            Ok((client, connection)) => {
+        match crate::conn::connect_client(&pg, &format!("follower {name}")).await {
+            Ok((client, _)) => {
                 drop(client);
-                drop(connection);
                 tracing::info!(follower = %name, "Detached follower answers again: rejoining.");
                 let _ = rejoin.send(index);
                 return;

@@ -373,7 +373,7 @@ async fn ask_process(listen: &str) -> Result<RuntimeStatus, String> {
 }
 
 async fn read_leader(config: &Config, slot: &mut SlotStatus) -> Result<Lsn, String> {
-    let leader = connect(&config.leader.pg, "the leader").await?;
+    let (leader, _) = connect(&config.leader.pg, "the leader").await?;
     let current = parse_lsn(
         &leader
             .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
@@ -443,7 +443,7 @@ async fn read_follower_into(
     leader_current: Option<Lsn>,
     status: &mut FollowerStatus,
 ) -> Result<(), String> {
-    let client = connect(&f.pg, &format!("follower {}", f.name)).await?;
+    let (client, _) = connect(&f.pg, &format!("follower {}", f.name)).await?;
     let progress = client
         .query_opt(
             "SELECT pg_catalog.pg_replication_origin_progress(roname, true)::text

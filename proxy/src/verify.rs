@@ -196,7 +196,7 @@ async fn verify_one(
 ) -> Result<Verdict, VerifyError> {
     let follower = connect_sql(&f.pg, &format!("follower {}", f.name))
         .await
-        .map_err(|e| VerifyError::Connect(Box::new(e)))?;
+        .map_err(|e| VerifyError::Connect(Box::new(e.into())))?;
     let origin = config.origin_name();
     let mut compared: BTreeMap<String, u64> = BTreeMap::new();
     let mut previous: Option<DiffReport> = None;

@@ -27,11 +27,19 @@ pub struct Reply {
 
 /// `GET path` over a plain HTTP/1.0 connection; `None` if nothing answers.
 pub async fn get(port: u16, path: &str) -> Option<Reply> {
+    get_with_token(port, path, None).await
+}
+
+/// [`get`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_with_token(port: u16, path: &str, token: Option<&str>) -> Option<Reply> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").as_bytes())
         .await
         .ok()?;
     let mut raw = Vec::new();

@@ -41,17 +41,22 @@ pub struct RawConfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLeader {
-    /// libpq-style URL or keyword string of a role with REPLICATION.
+    /// libpq URL or keyword string of a role with REPLICATION, with libpq's
+    /// TLS parameters (`sslmode=verify-full&sslrootcert=…`, `sslcert`,
+    /// `sslkey`, `sslcrl`, `channel_binding`) and `PGSSL*` defaults.
     pub url: Option<String>,
     /// Replication slot name (created on first run).
     pub slot: Option<String>,
     /// Publication name (see `pgsieve setup`).
     pub publication: Option<String>,
-    /// File holding the password (first line); else `PGSIEVE_LEADER_PASSWORD`, else `PGPASSWORD`.
+    /// File holding the password (first line; mode 0600); else
+    /// `PGSIEVE_LEADER_PASSWORD`, else `PGPASSWORD`. Used for the leader only.
     pub password_file: Option<PathBuf>,
-    /// `disable`, `prefer`, `require` or `verify-full`.
+    /// Old spelling of the url's `sslmode` (`disable`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`; `verify-full` without `ca_file` trusts the
+    /// Mozilla roots). Setting both is an error.
     pub tls: Option<String>,
-    /// CA bundle for `verify-full` (default: the Mozilla roots).
+    /// Old spelling of the url's `sslrootcert`.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -63,7 +68,9 @@ pub struct RawFollower {
     pub name: Option<String>,
     /// URL of the follower database (a role allowed to set `session_replication_role`).
     pub url: Option<String>,
-    /// File holding the follower password.
+    /// File holding this follower's password (mode 0600); else
+    /// `PGSIEVE_FOLLOWER_<N>_PASSWORD`. Never the leader's password nor a
+    /// bare `PGPASSWORD`.
     pub password_file: Option<PathBuf>,
     /// Replica set: short name (`conjur/replication-sets/us-east` or `us-east`)
     /// or full data-group id. Absent: the follower receives everything.
@@ -102,8 +109,13 @@ pub struct RawApply {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
-    /// `host:port` for `/metrics`, `/healthz`, `/readyz`.
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; a bare port (or
+    /// `:port`) listens on 127.0.0.1 only.
     pub listen: Option<String>,
+    /// File holding a bearer token: `/metrics` then answers 401 without
+    /// `Authorization: Bearer <token>`, and `/readyz` keeps its reason to
+    /// itself (status code only).
+    pub token_file: Option<PathBuf>,
     /// Lag (bytes) above which `/readyz` fails and `check` warns.
     pub max_lag_bytes: Option<u64>,
     /// How long a follower's applied position may stand still while the
@@ -193,6 +205,7 @@ impl RawConfig {
                 "METRICS_MAX_LAG_BYTES" => num(&mut self.metrics.max_lag_bytes)?,
                 "METRICS_STALL_AFTER_MS" => num(&mut self.metrics.stall_after_ms)?,
                 "HEARTBEAT_INTERVAL_MS" => num(&mut self.heartbeat.interval_ms)?,
+                "METRICS_TOKEN_FILE" => path(&mut self.metrics.token_file),
                 "LOG_FORMAT" => set(&mut self.log.format),
                 "LOG_LEVEL" => set(&mut self.log.level),
                 // Read at resolve time, never stored in the raw config.

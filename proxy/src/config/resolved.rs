@@ -7,8 +7,8 @@ use std::time::Duration;
 use pgsieve_filters::{ReplicaSetSpec, Rule};
 
 use super::ConfigError;
-use super::raw::{RawConfig, RawFollower};
-use crate::source::TlsMode;
+use super::raw::{RawConfig, RawFollower, RawLeader};
+use crate::conn::{ConnConfig, Params, RootCert, SslMode};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,14 +22,13 @@ pub enum LogFormat {
 /// The leader side: replication connection, slot and publication.
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
-    /// Connection parameters (password included when one was found).
-    pub pg: tokio_postgres::Config,
+    /// Connection parameters, TLS and the leader's own password: used for
+    /// the replication connection and every leader SQL session.
+    pub pg: ConnConfig,
     /// Replication slot name.
     pub slot: String,
     /// Publication name.
     pub publication: String,
-    /// TLS for the replication connection; `None` follows the URL's `sslmode`.
-    pub tls: Option<TlsMode>,
 }
 
 /// One follower database and what it may hold.
@@ -37,8 +36,8 @@ pub struct LeaderConfig {
 pub struct FollowerConfig {
     /// Unique name (logs, metrics, tap).
     pub name: String,
-    /// Connection parameters.
-    pub pg: tokio_postgres::Config,
+    /// Connection parameters, TLS and this follower's own password.
+    pub pg: ConnConfig,
     /// The follower's replica set; `None` replicates every secret.
     pub replica_set: Option<ReplicaSetSpec>,
 }
@@ -98,8 +97,10 @@ pub struct Config {
     pub followers: Vec<FollowerConfig>,
     /// Apply tuning.
     pub apply: ApplySettings,
-    /// `/metrics` listen address.
+    /// `/metrics` listen address (`127.0.0.1` unless a host is given).
     pub metrics_listen: Option<String>,
+    /// Bearer token guarding `/metrics` (and `/readyz`'s reason).
+    pub metrics_token: Option<String>,
     /// Lag bound for readiness.
     pub max_lag_bytes: u64,
     /// A follower whose applied position stands still this long while the
@@ -129,16 +130,7 @@ impl Config {
             .url
             .as_deref()
             .ok_or_else(|| ConfigError::Invalid("[leader] url is required".into()))?;
-        let mut leader_pg = parse_pg("[leader] url", url)?;
-        let password = match &raw.leader.password_file {
-            Some(path) => Some(read_password(path)?),
-            None => env("PGSIEVE_LEADER_PASSWORD").or_else(|| env("PGPASSWORD")),
-        };
-        if leader_pg.get_password().is_none() {
-            if let Some(password) = password {
-                leader_pg.password(password);
-            }
-        }
+        let leader_pg = resolve_leader(&raw.leader, url, &env)?;
         let slot = raw.leader.slot.clone().unwrap_or_else(|| "pgsieve".into());
         validate_identifier("[leader] slot", &slot)?;
         let leader = LeaderConfig {
@@ -149,12 +141,6 @@ impl Config {
                 .publication
                 .clone()
                 .unwrap_or_else(|| "pgsieve".into()),
-            tls: raw
-                .leader
-                .tls
-                .as_deref()
-                .map(|mode| parse_tls(mode, raw.leader.ca_file.clone()))
-                .transpose()?,
         };
 
         let mut followers = Vec::with_capacity(raw.follower.len());
@@ -225,7 +211,20 @@ impl Config {
             leader,
             followers,
             apply,
-            metrics_listen: raw.metrics.listen.clone(),
+            metrics_listen: raw.metrics.listen.as_deref().map(listen_address),
+            metrics_token: match &raw.metrics.token_file {
+                None => None,
+                Some(path) => {
+                    let token = read_password(path, "[metrics] token_file")?;
+                    if token.trim().is_empty() {
+                        return Err(ConfigError::Invalid(format!(
+                            "[metrics] token_file {} is empty",
+                            path.display()
+                        )));
+                    }
+                    Some(token.trim().to_owned())
+                }
+            },
             max_lag_bytes: raw.metrics.max_lag_bytes.unwrap_or(64 * 1024 * 1024),
             stall_after: Duration::from_millis(raw.metrics.stall_after_ms.unwrap_or(60_000).max(1)),
             heartbeat_interval: match raw.heartbeat.interval_ms.unwrap_or(10_000) {
@@ -288,16 +287,19 @@ fn resolve_follower(
         .url
         .as_deref()
         .ok_or_else(|| ConfigError::Invalid(format!("{what} is required")))?;
-    let mut pg = parse_pg(&what, url)?;
-    let password = match &f.password_file {
-        Some(path) => Some(read_password(path)?),
-        None => env(&format!("PGSIEVE_FOLLOWER_{index}_PASSWORD")).or_else(|| env("PGPASSWORD")),
+    let params = parse_params(&what, url, env)?;
+    // This follower's own password only: never the leader's (not
+    // `PGSIEVE_LEADER_PASSWORD`, not a bare `PGPASSWORD`), never another
+    // follower's.
+    let password = match (&params.password, &f.password_file) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(path)) => Some(read_password(
+            path,
+            &format!("[[follower]] {name:?} password_file"),
+        )?),
+        (None, None) => env(&format!("PGSIEVE_FOLLOWER_{index}_PASSWORD")),
     };
-    if pg.get_password().is_none() {
-        if let Some(password) = password {
-            pg.password(password);
-        }
-    }
+    let pg = conn_config(&what, params, password)?;
     let replica_set = match &f.replica_set {
         None => None,
         Some(set) => {
@@ -342,29 +344,88 @@ pub fn data_group_id(replica_set: &str, account: &str) -> String {
     }
 }
 
-fn parse_tls(mode: &str, ca_file: Option<PathBuf>) -> Result<TlsMode, ConfigError> {
-    match mode {
-        "disable" => Ok(TlsMode::Disable),
-        "prefer" => Ok(TlsMode::Prefer),
-        "require" => Ok(TlsMode::Require),
-        "verify-full" => Ok(TlsMode::VerifyFull { ca_file }),
-        other => Err(ConfigError::Invalid(format!(
-            "[leader] tls {other:?}: expected disable, prefer, require or verify-full"
-        ))),
+/// The leader's connection: its URL, the old `[leader] tls`/`ca_file` keys
+/// folded in, and the leader's password (URL, `password_file`,
+/// `PGSIEVE_LEADER_PASSWORD`, then a bare `PGPASSWORD`, which libpq users
+/// set for the one server they talk to: here, the leader).
+fn resolve_leader(
+    raw: &RawLeader,
+    url: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<ConnConfig, ConfigError> {
+    const WHAT: &str = "[leader] url";
+    let mut params = parse_params(WHAT, url, env)?;
+    let written = crate::conn::params::parse_pairs(url).unwrap_or_default();
+    let in_url = |key: &str| written.iter().any(|(k, _)| k == key);
+    if let Some(tls) = raw.tls.as_deref() {
+        if in_url("sslmode") {
+            return Err(ConfigError::Invalid(
+                "[leader] tls and sslmode in [leader] url both set the TLS mode: keep sslmode in the url and remove tls".into(),
+            ));
+        }
+        params.ssl.mode = match tls {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "[leader] tls {other:?}: expected disable, prefer, require, verify-ca or verify-full (better: sslmode=… in [leader] url)"
+                )));
+            }
+        };
+    }
+    if let Some(ca_file) = &raw.ca_file {
+        if in_url("sslrootcert") {
+            return Err(ConfigError::Invalid(
+                "[leader] ca_file and sslrootcert in [leader] url both name the CA: keep sslrootcert in the url and remove ca_file".into(),
+            ));
+        }
+        params.ssl.rootcert = Some(RootCert::File(ca_file.clone()));
+    } else if raw.tls.as_deref() == Some("verify-full") && params.ssl.rootcert.is_none() {
+        // The old `tls = "verify-full"` without ca_file meant the public roots.
+        params.ssl.rootcert = Some(RootCert::System);
+    }
+    let password = match (&params.password, &raw.password_file) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(path)) => Some(read_password(path, "[leader] password_file")?),
+        (None, None) => env("PGSIEVE_LEADER_PASSWORD").or_else(|| env("PGPASSWORD")),
+    };
+    conn_config(WHAT, params, password)
+}
+
+/// `[metrics] listen`: a bare port or `:port` means loopback only.
+fn listen_address(listen: &str) -> String {
+    let port = listen.strip_prefix(':').unwrap_or(listen);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        listen.to_owned()
     }
 }
 
-fn parse_pg(what: &str, url: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    url.parse()
-        .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+fn parse_params(
+    what: &str,
+    url: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Params, ConfigError> {
+    Params::parse_with_env(url, env).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
 }
 
-fn read_password(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(text.lines().next().unwrap_or("").to_owned())
+fn conn_config(
+    what: &str,
+    params: Params,
+    password: Option<String>,
+) -> Result<ConnConfig, ConfigError> {
+    let mut pg = ConnConfig::from_params(params)
+        .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
+    pg.password = password.map(String::into_bytes);
+    Ok(pg)
+}
+
+fn read_password(path: &Path, what: &str) -> Result<String, ConfigError> {
+    crate::conn::files::read_password_file(path, what).map_err(ConfigError::Invalid)
 }
 
 fn validate_identifier(what: &str, name: &str) -> Result<(), ConfigError> {
@@ -456,11 +517,89 @@ mod tests {
             (name == "PGSIEVE_LEADER_PASSWORD").then(|| "s3cret".to_owned())
         })
         .unwrap();
-        assert_eq!(config.leader.pg.get_password(), Some(&b"s3cret"[..]));
-        assert_eq!(config.followers[0].pg.get_password(), None);
+        assert_eq!(config.leader.pg.password.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(config.followers[0].pg.password, None);
         let set = config.followers[0].replica_set.as_ref().unwrap();
         assert_eq!(set.rule, Rule::Any);
         assert_eq!(config.origin_name(), "pgsieve_pgsieve");
+    }
+
+    #[test]
+    fn passwords_stay_with_their_server() {
+        let raw = RawConfig::parse(
+            "[leader]\nurl = \"host=l user=r dbname=conjur\"\n\
+             [[follower]]\nname = \"a\"\nurl = \"host=a user=u dbname=conjur\"\n\
+             [[follower]]\nname = \"b\"\nurl = \"host=b user=u dbname=conjur\"\n",
+        )
+        .unwrap();
+        let env = |name: &str| match name {
+            "PGPASSWORD" => Some("leader-pw".to_owned()),
+            "PGSIEVE_FOLLOWER_1_PASSWORD" => Some("b-pw".to_owned()),
+            _ => None,
+        };
+        let config = Config::resolve_with_env(&raw, env).unwrap();
+        assert_eq!(
+            config.leader.pg.password.as_deref(),
+            Some(&b"leader-pw"[..])
+        );
+        assert_eq!(config.followers[0].pg.password, None, "no bare PGPASSWORD");
+        assert_eq!(
+            config.followers[1].pg.password.as_deref(),
+            Some(&b"b-pw"[..])
+        );
+    }
+
+    #[test]
+    fn readable_password_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "pw\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!(
+            "[leader]\nurl = \"host=l user=r\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let err = Config::resolve_with_env(&RawConfig::parse(&text).unwrap(), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[leader] password_file") && err.contains("0644"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn old_tls_keys_map_to_sslmode_and_sslrootcert() {
+        let resolve = |leader: &str| {
+            Config::resolve_with_env(
+                &RawConfig::parse(&format!("[leader]\n{leader}")).unwrap(),
+                |_| None,
+            )
+        };
+        let c = resolve("url = \"host=l user=r\"\ntls = \"verify-full\"\n").unwrap();
+        assert_eq!(c.leader.pg.tls.mode, SslMode::VerifyFull);
+        assert_eq!(c.leader.pg.params.ssl.rootcert, Some(RootCert::System));
+        let c = resolve("url = \"host=l user=r\"\ntls = \"require\"\n").unwrap();
+        assert_eq!(c.leader.pg.tls.mode, SslMode::Require);
+        let err = resolve("url = \"host=l user=r sslmode=disable\"\ntls = \"require\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("remove tls"), "{err}");
+        let err = resolve(
+            "url = \"postgresql://l/db?sslmode=verify-full&sslrootcert=/nonexistent.pem\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent.pem"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback() {
+        assert_eq!(listen_address("9187"), "127.0.0.1:9187");
+        assert_eq!(listen_address(":9187"), "127.0.0.1:9187");
+        assert_eq!(listen_address("0.0.0.0:9187"), "0.0.0.0:9187");
+        assert_eq!(listen_address("[::1]:9187"), "[::1]:9187");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use tokio_postgres::Client;
 use crate::bootstrap::{BootstrapError, model_from_tables};
 use crate::config::Config;
 use crate::copy::{PublishedTable, published_tables};
-use crate::run::{RunError, connect_sql};
-use crate::source::{ReplicationConnection, SnapshotAction, SourceConfig, SourceError};
+use crate::run::{RunError, connect_sql, source_config};
+use crate::source::SourceError;
 
 /// Why the leader snapshot could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -61,33 +61,23 @@ impl LeaderSnapshot {
     /// Opens a snapshot of `config`'s leader; `purpose` names the temporary
     /// slot (`pgsieve_<purpose>_<pid>`).
     pub async fn open(config: &Config, purpose: &str) -> Result<LeaderSnapshot, SnapshotError> {
-        let mut source = SourceConfig::new(config.leader.pg.clone());
-        if let Some(tls) = &config.leader.tls {
-            source.tls = tls.clone();
-        }
+        let mut source = source_config(config);
         source.application_name = format!("pgsieve-{purpose}");
-        let mut repl = ReplicationConnection::connect(&source).await?;
-        let slot = format!("pgsieve_{purpose}_{}", std::process::id());
-        let created = repl
-            .create_slot(&slot, true, SnapshotAction::Export)
-            .await?;
-        let snapshot = created.snapshot_name.clone().ok_or_else(|| {
-            SnapshotError::Setup("the leader exported no snapshot for the temporary slot".into())
-        })?;
         let leader = connect_sql(&config.leader.pg, "the leader")
             .await
-            .map_err(|e| SnapshotError::Connect(Box::new(e)))?;
-        leader
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
-            ))
+            .map_err(|e| SnapshotError::Connect(Box::new(e.into())))?;
+        let slot = format!("pgsieve_{purpose}_{}", std::process::id());
+        let snapshot = crate::bootstrap::LeaderSnapshot::temporary(&source, &slot, leader.clone())
             .await
-            .map_err(|source| SnapshotError::Sql {
-                what: "importing the temporary slot's snapshot",
-                source,
+            .map_err(|e| match e {
+                crate::bootstrap::SnapshotError::Source(e) => SnapshotError::Source(e),
+                crate::bootstrap::SnapshotError::Sql(source) => SnapshotError::Sql {
+                    what: "importing the temporary slot's snapshot",
+                    source,
+                },
+                other => SnapshotError::Setup(other.to_string()),
             })?;
-        // Imported: the slot (and its connection) is no longer needed.
-        drop(repl);
+        let consistent_point = snapshot.at();
         let model = model_from_tables(&leader, config.replica_sets().0).await?;
         let tables = published_tables(&leader, &config.leader.publication)
             .await
@@ -103,7 +93,7 @@ impl LeaderSnapshot {
         }
         Ok(LeaderSnapshot {
             leader,
-            consistent_point: created.consistent_point,
+            consistent_point,
             model,
             tables,
         })

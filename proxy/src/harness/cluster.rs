@@ -480,15 +480,22 @@ impl Drop for Cluster {
     }
 }
 
-/// Connects to `url` without TLS and spawns the connection task on the current runtime.
+/// Connects to `url` through pgsieve's connection layer (libpq defaults: TLS
+/// when the server offers it, so `hostssl`-only clusters work too) and
+/// spawns the connection task on the current runtime.
 pub async fn connect_url(url: &str) -> Result<tokio_postgres::Client, HarnessError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| HarnessError::pg(format!("connecting to {}", redact_url(url)), e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    let what = || format!("connecting to {}", redact_url(url));
+    let cfg = crate::conn::ConnConfig::parse(url)
+        .map_err(|e| HarnessError::Usage(format!("{}: {e}", what())))?;
+    match crate::conn::connect_client(&cfg, "a harness cluster").await {
+        Ok((client, _)) => Ok(client),
+        Err(e) => match e.source {
+            crate::conn::sql::Failure::Pg(source) => Err(HarnessError::pg(what(), source)),
+            crate::conn::sql::Failure::Conn(source) => {
+                Err(HarnessError::Usage(format!("{}: {source}", what())))
+            }
+        },
+    }
 }
 
 /// The directory of the PostgreSQL server binaries: `$PGSIEVE_PG_BINDIR`, else

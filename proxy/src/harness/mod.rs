@@ -14,6 +14,7 @@ pub mod error;
 pub mod generate;
 pub mod invariants;
 pub mod oracle;
+pub mod tls;
 pub mod topology;
 pub mod wait;
 pub mod workload;

@@ -15,7 +15,7 @@ use pgsieve_protocol::Lsn;
 use pgsieve_protocol::frame::ReplicationMessage;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::bootstrap::{BootstrapError, SnapshotError};
 use crate::conjur::PublicationFacts;
@@ -42,6 +42,9 @@ pub enum RunError {
     /// The replication connection failed.
     #[error("leader: {0}")]
     Source(#[from] SourceError),
+    /// A SQL session could not be opened (socket, TLS, authentication).
+    #[error(transparent)]
+    Connect(#[from] crate::conn::ConnectError),
     /// An ordinary SQL connection failed.
     #[error("{what}: {source}")]
     Sql {
@@ -113,6 +116,7 @@ impl RunError {
     pub fn is_transient(&self) -> bool {
         match self {
             RunError::Source(e) => e.is_transient(),
+            RunError::Connect(e) => e.is_transient(),
             RunError::Sql { source, .. } | RunError::Copy(CopyError::Sql { source, .. }) => {
                 crate::source::is_transient_sql_error(source)
             }
@@ -130,7 +134,7 @@ impl RunError {
     pub fn kind(&self) -> &'static str {
         match self {
             RunError::Source(_) => "source",
-            RunError::Sql { .. } => "sql",
+            RunError::Connect(_) | RunError::Sql { .. } => "sql",
             RunError::Assemble(_) => "assemble",
             RunError::Filter(_) => "filter",
             RunError::Apply(_) => "apply",
@@ -155,44 +159,9 @@ impl RunError {
     }
 }
 
-/// Opens an ordinary SQL session (tokio-postgres), its connection driven by
-/// a background task.
-pub async fn connect_sql(pg: &tokio_postgres::Config, what: &str) -> Result<Arc<Client>, RunError> {
-    let (client, connection) = pg.connect(NoTls).await.map_err(|source| RunError::Sql {
-        what: format!("connecting to {what} at {}", describe_target(pg)),
-        source,
-    })?;
-    let what = what.to_owned();
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(connection = %what, error = %e, "SQL connection ended.");
-        }
-    });
-    Ok(Arc::new(client))
-}
-
-/// `host:port/dbname` of a connection config (no user, no password), for
-/// error messages that must say which server failed.
-pub fn describe_target(pg: &tokio_postgres::Config) -> String {
-    let ports = pg.get_ports();
-    let hosts: Vec<String> = pg
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            match host {
-                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
-                tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
-            }
-        })
-        .collect();
-    format!(
-        "{}/{}",
-        hosts.join(","),
-        pg.get_dbname().unwrap_or("(default database)")
-    )
-}
+/// Every connection goes through the shared connection layer (TLS,
+/// credentials per server): see `crate::conn`.
+pub use crate::conn::{connect_sql, describe_target};
 
 fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> RunError {
     let what = what.into();
@@ -291,9 +260,6 @@ pub(crate) struct FollowerSession {
 
 pub(crate) fn source_config(config: &Config) -> SourceConfig {
     let mut source = SourceConfig::new(config.leader.pg.clone());
-    if let Some(tls) = &config.leader.tls {
-        source.tls = tls.clone();
-    }
     source.application_name = format!("pgsieve-{}", config.leader.slot);
     source
 }

@@ -1,5 +1,8 @@
 //! Logging in: answers the server's authentication requests (cleartext,
-//! MD5, SCRAM-SHA-256) until AuthenticationOk.
+//! MD5, SCRAM-SHA-256 and, over TLS, SCRAM-SHA-256-PLUS) until
+//! AuthenticationOk. A cleartext request is refused unless the server's
+//! certificate was verified; `channel_binding=require` fails unless the
+//! exchange was bound to the TLS session.
 //!
 //! The hashes and the SCRAM state machine come from postgres-protocol; this
 //! file only drives the exchange and turns failures into
@@ -14,15 +17,18 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::error::SourceError;
 use super::framing::FrameReader;
 use super::messages::{self, AuthRequest, tag};
+use crate::conn::{ChannelBinding as Binding, TlsInfo};
 
 /// Who logs in, with what, over which transport.
 pub(crate) struct Credentials<'a> {
     /// Role name.
     pub user: &'a str,
-    /// Password, when one was configured.
+    /// Password, when one was configured (for this server only).
     pub password: Option<&'a [u8]>,
-    /// Whether the transport is TLS (affects the SCRAM channel-binding flag).
-    pub is_tls: bool,
+    /// The TLS session, when there is one.
+    pub tls: Option<&'a TlsInfo>,
+    /// `channel_binding` of the connection string.
+    pub channel_binding: Binding,
 }
 
 /// Runs the authentication exchange that follows the startup message.
@@ -51,14 +57,33 @@ where
         })
     };
     let mut scram: Option<ScramSha256> = None;
+    let mut bound = false;
+    let end_point = credentials
+        .tls
+        .and_then(|t| t.end_point.clone())
+        .filter(|_| credentials.channel_binding != Binding::Disable);
     let mut out = BytesMut::new();
     loop {
         let frame = reader.next_frame().await?;
         out.clear();
         match frame.tag {
             tag::AUTHENTICATION => match messages::parse_auth_request(&frame.body)? {
-                AuthRequest::Ok => return Ok(()),
+                AuthRequest::Ok => {
+                    if credentials.channel_binding == Binding::Require && !bound {
+                        return Err(fail(
+                            None,
+                            "channel_binding=require, but the server authenticated without SCRAM-SHA-256-PLUS".into(),
+                        ));
+                    }
+                    return Ok(());
+                }
                 AuthRequest::Cleartext => {
+                    if !credentials.tls.is_some_and(|t| t.verified) {
+                        return Err(fail(
+                            None,
+                            "the server asks for the password in cleartext, which pgsieve sends only over TLS with a verified certificate (sslmode=verify-ca or verify-full); use scram-sha-256 in pg_hba.conf".into(),
+                        ));
+                    }
                     frontend::password_message(password()?, &mut out).map_err(encode_error)?;
                 }
                 AuthRequest::Md5(salt) => {
@@ -66,23 +91,38 @@ where
                     frontend::password_message(hash.as_bytes(), &mut out).map_err(encode_error)?;
                 }
                 AuthRequest::Sasl(mechanisms) => {
-                    if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+                    let usable = mechanisms.iter().any(|m| {
+                        m == sasl::SCRAM_SHA_256
+                            || (m == sasl::SCRAM_SHA_256_PLUS && end_point.is_some())
+                    });
+                    if !usable {
                         return Err(fail(
                             None,
                             format!("no supported SASL mechanism offered: {mechanisms:?}"),
                         ));
                     }
-                    // 'n': we do not do channel binding; 'y': we could, but
-                    // the server did not offer it (downgrade detection).
-                    let binding = if credentials.is_tls
-                        && !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256_PLUS)
-                    {
-                        ChannelBinding::unrequested()
-                    } else {
-                        ChannelBinding::unsupported()
+                    let plus = mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256_PLUS);
+                    // PLUS when both sides can; 'y' (we could, the server
+                    // did not offer it: downgrade detection); 'n' otherwise.
+                    let (binding, mechanism) = match (&end_point, plus) {
+                        (Some(hash), true) => (
+                            ChannelBinding::tls_server_end_point(hash.clone()),
+                            sasl::SCRAM_SHA_256_PLUS,
+                        ),
+                        (Some(_), false) => (ChannelBinding::unrequested(), sasl::SCRAM_SHA_256),
+                        (None, _) => (ChannelBinding::unsupported(), sasl::SCRAM_SHA_256),
                     };
+                    if mechanism != sasl::SCRAM_SHA_256_PLUS
+                        && credentials.channel_binding == Binding::Require
+                    {
+                        return Err(fail(
+                            None,
+                            "channel_binding=require, but SCRAM-SHA-256-PLUS is not possible on this connection (no TLS, or the server does not offer it)".into(),
+                        ));
+                    }
+                    bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
                     let state = ScramSha256::new(password()?, binding);
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, state.message(), &mut out)
+                    frontend::sasl_initial_response(mechanism, state.message(), &mut out)
                         .map_err(encode_error)?;
                     scram = Some(state);
                 }

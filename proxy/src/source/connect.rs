@@ -1,5 +1,7 @@
-//! Opening the replication connection: socket, TLS, startup message with
-//! `replication=database`, authentication, and waiting for ReadyForQuery.
+//! Opening the replication connection: socket and TLS from the shared
+//! connection layer (`crate::conn`, the same as every SQL session), startup
+//! message with `replication=database`, authentication, and waiting for
+//! ReadyForQuery.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,30 +9,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
-use tokio_postgres::config::Host;
 
 use super::auth::{self, Credentials};
 use super::error::SourceError;
 use super::framing::FrameReader;
 use super::messages::{self, tag};
-use super::tls::{self, BoxedIo, TlsMode};
-
-/// Connect timeout when the connection string sets none.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::conn::{self, BoxedIo, ConnConfig, Host};
 
 /// Everything needed to open a replication connection to the leader.
-///
-/// `pg` carries host(s), port(s), user, password and dbname as parsed by
-/// tokio-postgres from a URL or keyword string (it cannot parse
-/// `replication=…`; this module adds that itself). `tls`,
-/// `application_name` and `connect_timeout` win over what `pg` says.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// Parsed connection string: hosts, ports, user, password, dbname.
-    pub pg: tokio_postgres::Config,
-    /// TLS policy.
-    pub tls: TlsMode,
+    /// The leader: hosts, user, dbname, TLS, channel binding and its password.
+    pub pg: ConnConfig,
     /// Shown in `pg_stat_replication.application_name` on the leader.
     pub application_name: String,
     /// Bound on TCP connect + TLS + authentication, per host tried.
@@ -38,25 +28,24 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
-    /// Takes TLS mode, application name and timeout from `pg` where it sets
-    /// them (`sslmode`, `application_name`, `connect_timeout`), otherwise
-    /// `Prefer`, `"pgsieve"` and 10 s.
-    pub fn new(pg: tokio_postgres::Config) -> SourceConfig {
+    /// Takes the application name and timeout from `pg` where it sets them,
+    /// otherwise `"pgsieve"` and 10 s.
+    pub fn new(pg: ConnConfig) -> SourceConfig {
         SourceConfig {
-            tls: TlsMode::from_ssl_mode(pg.get_ssl_mode()),
-            application_name: pg.get_application_name().unwrap_or("pgsieve").to_string(),
-            connect_timeout: pg
-                .get_connect_timeout()
-                .copied()
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            application_name: pg
+                .params
+                .application_name
+                .clone()
+                .unwrap_or_else(|| "pgsieve".into()),
+            connect_timeout: pg.connect_timeout(),
             pg,
         }
     }
 
-    /// Parses a `postgresql://` URL or a `key=value` string, see [`SourceConfig::new`].
+    /// Parses a `postgresql://` URL or a `key=value` string (its password
+    /// included), see [`SourceConfig::new`].
     pub fn parse(conninfo: &str) -> Result<SourceConfig, SourceError> {
-        let pg = conninfo
-            .parse::<tokio_postgres::Config>()
+        let pg = ConnConfig::parse(conninfo)
             .map_err(|e| SourceError::Config(format!("bad leader connection string: {e}")))?;
         Ok(SourceConfig::new(pg))
     }
@@ -80,28 +69,31 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Opens the connection: tries each configured host in order and returns
-    /// the first that accepts, or the last error.
+    /// Opens the connection: tries each configured host in order (libpq's
+    /// `target_session_attrs` passes) and returns the first that accepts,
+    /// or the last error.
     pub async fn connect(cfg: &SourceConfig) -> Result<Self, SourceError> {
-        let targets = targets(&cfg.pg)?;
-        let mut last_error = None;
-        for target in &targets {
-            let addr = target.addr();
-            match tokio::time::timeout(cfg.connect_timeout, connect_one(cfg, target, &addr)).await {
-                Ok(Ok(conn)) => return Ok(conn),
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, error = %e, "Leader host failed.");
-                    last_error = Some(e);
-                }
-                Err(_) => {
-                    last_error = Some(SourceError::Timeout {
-                        addr,
-                        after: cfg.connect_timeout,
-                    })
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| SourceError::Config("no leader host configured".into())))
+        conn::first_fitting(
+            &cfg.pg,
+            cfg.connect_timeout,
+            |host, plain_only| async move { connect_one(cfg, &host, plain_only).await },
+            |mut session: ReplicationConnection| async move {
+                let answer = session.simple_query(conn::SESSION_STATE_SQL).await;
+                let answer = answer.map(|rows| {
+                    let yes = |i: usize| {
+                        rows.first()
+                            .and_then(|r| r.get(i))
+                            .cloned()
+                            .flatten()
+                            .as_deref()
+                            == Some("t")
+                    };
+                    (yes(0), yes(1))
+                });
+                (session, answer)
+            },
+        )
+        .await
     }
 
     /// `host:port` (or socket path) of the leader this session talks to.
@@ -149,93 +141,16 @@ impl ReplicationConnection {
     }
 }
 
-/// One place to try.
-enum Target {
-    Tcp { host: String, port: u16 },
-    Unix { path: std::path::PathBuf },
-}
-
-impl Target {
-    fn addr(&self) -> String {
-        match self {
-            Target::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
-            Target::Tcp { host, port } => format!("{host}:{port}"),
-            Target::Unix { path } => path.display().to_string(),
-        }
-    }
-}
-
-/// Hosts paired with ports the way libpq does it: one port for all, or one each.
-fn targets(pg: &tokio_postgres::Config) -> Result<Vec<Target>, SourceError> {
-    let hosts = pg.get_hosts();
-    let ports = pg.get_ports();
-    if hosts.is_empty() {
-        return Err(SourceError::Config(
-            "the leader connection string names no host".into(),
-        ));
-    }
-    if ports.len() > 1 && ports.len() != hosts.len() {
-        return Err(SourceError::Config(format!(
-            "{} hosts but {} ports in the leader connection string",
-            hosts.len(),
-            ports.len()
-        )));
-    }
-    let port_of = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-    Ok(hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| match host {
-            Host::Tcp(host) => Target::Tcp {
-                host: host.clone(),
-                port: port_of(i),
-            },
-            #[cfg(unix)]
-            Host::Unix(dir) => Target::Unix {
-                path: dir.join(format!(".s.PGSQL.{}", port_of(i))),
-            },
-        })
-        .collect())
-}
-
 /// Connects to one target and runs startup to ReadyForQuery.
 async fn connect_one(
     cfg: &SourceConfig,
-    target: &Target,
-    addr: &str,
+    host: &Host,
+    plain_only: bool,
 ) -> Result<ReplicationConnection, SourceError> {
-    let connect_error = |source| SourceError::Connect {
-        addr: addr.to_string(),
-        source,
-    };
-    let negotiated = match target {
-        Target::Tcp { host, port } => {
-            let tcp = TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(connect_error)?;
-            tcp.set_nodelay(true).map_err(connect_error)?;
-            tls::negotiate(tcp, &cfg.tls, host, addr).await?
-        }
-        #[cfg(unix)]
-        Target::Unix { path } => {
-            let unix = tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(connect_error)?;
-            tls::Negotiated {
-                io: Box::new(unix),
-                is_tls: false,
-            }
-        }
-        #[cfg(not(unix))]
-        Target::Unix { .. } => {
-            return Err(SourceError::Config(
-                "Unix sockets are not supported here".into(),
-            ));
-        }
-    };
-    let is_tls = negotiated.is_tls;
-    let (read, write) = tokio::io::split(negotiated.io);
-    let addr: Arc<str> = Arc::from(addr);
+    let conn::Opened { io, tls, addr } = conn::open(&cfg.pg, host, plain_only).await?;
+    let is_tls = tls.is_some();
+    let (read, write) = tokio::io::split(io);
+    let addr: Arc<str> = Arc::from(addr.as_str());
     let mut conn = ReplicationConnection {
         reader: FrameReader::new(read, addr.clone()),
         writer: write,
@@ -246,28 +161,26 @@ async fn connect_one(
         is_tls,
     };
 
-    let user = cfg
-        .pg
-        .get_user()
-        .ok_or_else(|| SourceError::Config("the leader connection string names no user".into()))?;
-    let dbname = cfg.pg.get_dbname().unwrap_or(user);
+    let user = cfg.pg.user();
+    let dbname = cfg.pg.dbname();
     let mut params = vec![
-        ("user", user),
-        ("database", dbname),
+        ("user", user.as_str()),
+        ("database", dbname.as_str()),
         ("replication", "database"),
         ("application_name", cfg.application_name.as_str()),
         ("client_encoding", "UTF8"),
     ];
-    if let Some(options) = cfg.pg.get_options() {
-        params.push(("options", options));
+    if let Some(options) = &cfg.pg.params.options {
+        params.push(("options", options.as_str()));
     }
     frontend::startup_message(params, &mut conn.write_buf).map_err(auth::encode_error)?;
     conn.flush_write_buf().await?;
 
     let credentials = Credentials {
-        user,
-        password: cfg.pg.get_password(),
-        is_tls,
+        user: &user,
+        password: cfg.pg.password.as_deref(),
+        tls: tls.as_ref(),
+        channel_binding: cfg.pg.params.channel_binding,
     };
     auth::authenticate(&mut conn.reader, &mut conn.writer, &credentials).await?;
 

@@ -125,6 +125,29 @@ impl SourceError {
     }
 }
 
+impl From<crate::conn::ConnError> for SourceError {
+    fn from(e: crate::conn::ConnError) -> Self {
+        use crate::conn::ConnError;
+        match e {
+            ConnError::Config(message) => SourceError::Config(message),
+            ConnError::Connect { addr, source } => SourceError::Connect { addr, source },
+            ConnError::Timeout { addr, after } => SourceError::Timeout { addr, after },
+            ConnError::Io { addr, source } => SourceError::Io { addr, source },
+            ConnError::Tls { addr, reason } => SourceError::Tls { addr, reason },
+            ConnError::Refused { addr, reason } => SourceError::Auth {
+                addr,
+                user: String::new(),
+                code: None,
+                message: reason,
+            },
+            e @ ConnError::SessionAttrs { .. } => SourceError::Connect {
+                addr: String::new(),
+                source: io::Error::other(e.to_string()),
+            },
+        }
+    }
+}
+
 /// Whether an ordinary SQL session's error may go away on its own (the same
 /// rule as [`SourceError::is_transient`]): a lost or refused connection, or a
 /// server error whose SQLSTATE says the server is restarting or busy.

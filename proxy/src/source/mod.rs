@@ -3,9 +3,9 @@
 //! Published tokio-postgres cannot open a `replication=database` session nor
 //! handle CopyBoth, so pgsieve owns this one connection on tokio +
 //! postgres-protocol: its own 5-byte framing (`framing.rs`), the few backend
-//! bodies it needs (`messages.rs`), SCRAM/MD5/cleartext login (`auth.rs`), TLS
-//! through rustls (`tls.rs`). Every ordinary session (snapshot reads, follower
-//! apply) uses tokio-postgres instead.
+//! bodies it needs (`messages.rs`), SCRAM (with channel binding)/MD5/cleartext
+//! login (`auth.rs`). Sockets and TLS come from `crate::conn`, shared with
+//! every ordinary session (snapshot reads, follower apply: tokio-postgres).
 //!
 //! Lifecycle:
 //! 1. [`ReplicationConnection::connect`] (startup with `replication=database`,
@@ -32,10 +32,8 @@ mod error;
 mod framing;
 mod messages;
 mod stream;
-mod tls;
 
 pub use commands::{CreatedSlot, SlotInfo, SnapshotAction, SystemIdentity};
 pub use connect::{ReplicationConnection, SourceConfig};
 pub use error::{SourceError, is_transient_sql_error};
 pub use stream::{ReplicationStream, StatusSender};
-pub use tls::TlsMode;

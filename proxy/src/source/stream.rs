@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::error::SourceError;
 use super::framing::FrameReader;
 use super::messages::{self, tag};
-use super::tls::BoxedIo;
+use crate::conn::BoxedIo;
 
 /// Read half of a streaming replication session.
 pub struct ReplicationStream {

@@ -157,9 +157,6 @@ fn sql_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> TapError + '_ {
 /// Creates the temporary slot, builds the model in its snapshot and starts streaming.
 pub async fn open_live(config: &Config) -> Result<Opened, TapError> {
     let mut source = SourceConfig::new(config.leader.pg.clone());
-    if let Some(tls) = &config.leader.tls {
-        source.tls = tls.clone();
-    }
     source.application_name = "pgsieve-tap".into();
     let mut repl = ReplicationConnection::connect(&source).await?;
     let slot = tap_slot_name();
@@ -169,7 +166,9 @@ pub async fn open_live(config: &Config) -> Result<Opened, TapError> {
     let snapshot = created.snapshot_name.clone().ok_or_else(|| {
         TapError::Setup("the leader exported no snapshot for the tap slot".into())
     })?;
-    let leader = connect_sql(&config.leader.pg, "the leader").await?;
+    let leader = connect_sql(&config.leader.pg, "the leader")
+        .await
+        .map_err(crate::run::RunError::from)?;
     leader
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
