@@ -17,6 +17,7 @@ mod ops_kit;
 mod oracle;
 mod partial;
 mod replication;
+mod scale;
 mod source;
 mod support;
 mod tap;
