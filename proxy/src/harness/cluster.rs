@@ -154,7 +154,17 @@ impl Cluster {
             .as_owner(Command::new(cluster.bindir.join("pg_basebackup")))
             .arg("-D")
             .arg(cluster.data_dir())
-            .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-U",
+                "postgres",
+                "-h",
+            ])
             .arg(primary.host())
             .arg("-p")
             .arg(primary.port().to_string())
