@@ -16,7 +16,7 @@ use pgsieve::harness::workload::{Change, apply_changes, rotate_secret};
 
 use crate::support::sampler::Sampler;
 use crate::support::scene::{SLOT, Scene, wait_streaming};
-use crate::support::{assert_no_leak, ok};
+use crate::support::{assert_no_leak, ok, rows_written_since, xid_horizon};
 
 /// Leader changes of every kind: a grant and a revoke into east, a role
 /// inserted and one deleted, an update, a truncate. Returns the revoked
@@ -309,4 +309,107 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         .status()
         .expect("cp");
     assert!(status.success(), "cp -a {from:?} {to:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_removed_from_a_hub_and_added_back_is_resynced() {
+    use pgsieve::harness::Topology;
+    use pgsieve::harness::compare::follower_diff;
+    use pgsieve::harness::conjur::ReplicaSet;
+    use pgsieve::harness::generate::PolicySpec;
+    use pgsieve::harness::process::{FollowerEntry, PgsieveConfig};
+    use pgsieve::harness::workload::{create_replica_set, grant_layers_to_sets};
+    use pgsieve::setup::CONJUR_TABLES;
+
+    use crate::replication::wait_caught_up;
+
+    let topology = ok(Topology::start(2));
+    let (mut leader, followers) = ok(topology.prepare_conjur().await);
+    let east = ReplicaSet::new("east");
+    let west = ReplicaSet::new("west");
+    ok(create_replica_set(&mut leader, &east).await);
+    ok(create_replica_set(&mut leader, &west).await);
+    let spec = PolicySpec::new("acme", 5, 5, 2).with_seed(21);
+    let pop = ok(spec.populate(&mut leader).await);
+    ok(grant_layers_to_sets(&leader, &pop.layers[..2], &[east.clone(), west.clone()]).await);
+    let slot = "pgsieve_hub_gap";
+    let origin = format!("pgsieve_{slot}");
+    let entries = || {
+        vec![
+            FollowerEntry::filtered("east", &topology.followers[0], &east.data_group()),
+            FollowerEntry::filtered("west", &topology.followers[1], &west.data_group()),
+        ]
+    };
+    let both = PgsieveConfig::new(&topology.leader, slot, entries());
+    let mut pgsieve = ok(PgsieveProcess::start(&both));
+    for f in &followers {
+        wait_caught_up(&leader, f, &origin, &pgsieve, Duration::from_secs(60)).await;
+    }
+
+    // West leaves the hub; the leader moves on and the slot confirms it.
+    let east_only = PgsieveConfig::new(&topology.leader, slot, entries()[..1].to_vec());
+    std::fs::write(pgsieve.config_path(), east_only.to_toml()).expect("config");
+    assert!(pgsieve.terminate(Duration::from_secs(20)).is_some());
+    let starts = pgsieve.log().matches("Starting replication.").count();
+    ok(pgsieve.start_again());
+    wait_streaming(&pgsieve, starts + 1);
+    let v = |app: usize, var: usize| pop.variables[app * 5 + var].clone();
+    for round in 0..3 {
+        ok(rotate_secret(&leader, &v(1, round), b"while west was away", None).await);
+        ok(rotate_secret(&leader, &v(0, round), b"while west was away", None).await);
+    }
+    wait_caught_up(
+        &leader,
+        &followers[0],
+        &origin,
+        &pgsieve,
+        Duration::from_secs(60),
+    )
+    .await;
+    let target = ok(pgsieve::harness::invariants::current_wal_insert_lsn(&leader).await);
+    ok(pgsieve::harness::invariants::wait_slot_flush_at_least(
+        &leader,
+        slot,
+        target,
+        Duration::from_secs(60),
+    )
+    .await);
+
+    // West comes back: its origin is behind the slot, so it is resynced; east
+    // only goes on streaming.
+    let east_horizon = xid_horizon(&followers[0]).await;
+    std::fs::write(pgsieve.config_path(), both.to_toml()).expect("config");
+    assert!(pgsieve.terminate(Duration::from_secs(20)).is_some());
+    let starts = pgsieve.log().matches("Starting replication.").count();
+    ok(pgsieve.start_again());
+    wait_streaming(&pgsieve, starts + 1);
+    for (f, set) in followers.iter().zip([&east, &west]) {
+        wait_caught_up(&leader, f, &origin, &pgsieve, Duration::from_secs(60)).await;
+        let diff = ok(follower_diff(
+            &leader,
+            f,
+            CONJUR_TABLES,
+            &set.data_group(),
+            OracleRule::Execute,
+            &[],
+        )
+        .await);
+        assert!(
+            diff.is_empty(),
+            "{}: {}\n{}",
+            set.name,
+            diff.join("\n"),
+            pgsieve.log()
+        );
+    }
+    assert!(
+        pgsieve.log().contains("follower=west gap=its origin"),
+        "west was not resynced across the gap:\n{}",
+        pgsieve.log()
+    );
+    assert_eq!(
+        rows_written_since(&followers[0], east_horizon, None).await,
+        0,
+        "west's resync wrote to east"
+    );
 }

@@ -23,7 +23,9 @@ use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
 use crate::support::scene::{Scene, wait_streaming};
-use crate::support::{assert_no_leak, never_granted_variables, ok};
+use crate::support::{
+    assert_no_leak, never_granted_variables, ok, rows_written_since, xid_horizon,
+};
 
 /// Rows an attacker with write access to the follower plants to pull app 2
 /// and app 4 into east: a membership, a permission, an owner change, and a
@@ -174,22 +176,6 @@ fn reconfigure(scene: &Scene, pgsieve: &mut PgsieveProcess, entry: FollowerEntry
     scene.restart(pgsieve);
 }
 
-/// Rows inserted, updated or deleted so far on the follower's tables other
-/// than `secrets` (statistics flushed first).
-async fn other_table_writes(follower: &Client) -> i64 {
-    // Backends publish their table statistics at most once a second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    follower
-        .query_one(
-            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8 \
-             FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname <> 'secrets'",
-            &[],
-        )
-        .await
-        .expect("reading pg_stat_user_tables")
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_configuration_takes_effect_through_the_reconcile() {
     let scene = Scene::new(0).await;
@@ -237,7 +223,7 @@ async fn a_changed_configuration_takes_effect_through_the_reconcile() {
         ("always removed", Some(&east), "execute", vec![]),
     ];
     for (step, set, privilege, always) in steps {
-        let before = other_table_writes(&scene.follower).await;
+        let horizon = xid_horizon(&scene.follower).await;
         let mut entry = scene.entry(set);
         entry.privilege = privilege;
         entry.always = always.iter().map(|s| (*s).to_owned()).collect();
@@ -250,9 +236,8 @@ async fn a_changed_configuration_takes_effect_through_the_reconcile() {
         scene
             .assert_projection(&pgsieve, set, rule, &always, step)
             .await;
-        let after = other_table_writes(&scene.follower).await;
         assert_eq!(
-            after - before,
+            rows_written_since(&scene.follower, horizon, Some("secrets")).await,
             0,
             "{step}: tables other than secrets were written\n{}",
             pgsieve.log()

@@ -81,3 +81,39 @@ pub fn assert_no_leak(report: &LeakReport, min_samples: u64, pgsieve_log: &str) 
         report.unavailable
     );
 }
+
+/// Where a follower's transaction ids stand now: rows written after this
+/// call have an `xmin` at or above it (see [`rows_written_since`]).
+pub async fn xid_horizon(follower: &Client) -> i64 {
+    follower
+        .query_one(
+            "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text::int8 % 4294967296)",
+            &[],
+        )
+        .await
+        .expect("reading the follower's xid horizon")
+        .get(0)
+}
+
+/// Live rows of Conjur's tables (`public`, all but `except`) inserted or
+/// updated on the follower since `horizon` ([`xid_horizon`]). Exact at once,
+/// unlike `pg_stat_user_tables`, whose counters a backend may publish seconds
+/// later.
+pub async fn rows_written_since(follower: &Client, horizon: i64, except: Option<&str>) -> i64 {
+    let mut total = 0;
+    for table in pgsieve::setup::CONJUR_TABLES {
+        if Some(*table) == except {
+            continue;
+        }
+        let n: i64 = follower
+            .query_one(
+                &format!("SELECT count(*) FROM public.{table} WHERE xmin::text::int8 >= $1"),
+                &[&horizon],
+            )
+            .await
+            .expect("counting rows by xmin")
+            .get(0);
+        total += n;
+    }
+    total
+}

@@ -224,10 +224,22 @@ pub(crate) async fn prepare(
                     source: Box::new(e),
                 })?;
                 tracing::info!(follower = %f.name, rows_changed = report.rows_changed(), origin = %at, "Follower resynchronized.");
+                crate::metrics::followers::record(&f.name).resynced(format!(
+                    "diff resync ({gap}): {} rows changed, origin {at}",
+                    report.rows_changed()
+                ));
                 f.origin_lsn = at;
             }
             Footing::Resume => {
-                reconcile_follower(snapshot.client(), &client, &f.name, &model, f.set_bit).await?;
+                let report =
+                    reconcile_follower(snapshot.client(), &client, &f.name, &model, f.set_bit)
+                        .await?;
+                if report.purged + report.backfilled_rows > 0 {
+                    crate::metrics::followers::record(&f.name).resynced(format!(
+                        "reconcile at start: {} resources purged, {} secrets rows backfilled",
+                        report.purged, report.backfilled_rows
+                    ));
+                }
             }
         }
     }
