@@ -565,3 +565,62 @@ async fn diff_resync_cost_of_ten_differences_in_a_million_secrets() {
     let (code, out, err) = pgsieve_cmd(&["verify"], &config);
     assert_eq!(code, Some(0), "{out}\n{err}");
 }
+
+/// Keys are merged in byte order on both sides whatever the servers' collations:
+/// the follower's `annotations.name` (part of the key) is switched to ICU's root
+/// collation, which orders `_x`, `alpha`, `B`, `Zeta`, `ä` unlike bytes; verify still
+/// finds the follower equal, and a deleted row is reported alone. (Checked by
+/// hand: without `COLLATE "C"` in the plan's ORDER BY, this test fails with the
+/// merge's out-of-order error; before that check existed, verify's re-check rounds
+/// hid the spurious missing/extra pairs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_diff_merges_in_byte_order_whatever_the_follower_collation() {
+    let f = fixture().await;
+    let config = f.pgsieve.config_path().to_owned();
+    f.follower
+        .batch_execute("ALTER TABLE annotations ALTER COLUMN name TYPE text COLLATE \"und-x-icu\"")
+        .await
+        .expect("an ICU collation on the follower's key column");
+    let resource = f.spec.variable(0, 2);
+    for name in ["Zeta", "alpha", "_x", "B", "ä", "a-b", "ab"] {
+        f.leader
+            .execute(
+                "INSERT INTO annotations (resource_id, name, value) VALUES ($1, $2, 'v')",
+                &[&resource, &name],
+            )
+            .await
+            .expect("annotating");
+    }
+    wait_caught_up(&f.leader, &f.follower, ORIGIN, &f.pgsieve, CATCH_UP).await;
+    let icu: Vec<String> = f
+        .follower
+        .query(
+            "SELECT name FROM annotations WHERE resource_id = $1 ORDER BY name",
+            &[&resource],
+        )
+        .await
+        .expect("follower order")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut bytes = icu.clone();
+    bytes.sort();
+    assert_ne!(icu, bytes, "the follower's own order is not byte order");
+    let (code, out, err) = pgsieve_cmd(&["verify"], &config);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    f.follower
+        .execute(
+            "DELETE FROM annotations WHERE resource_id = $1 AND name = 'B'",
+            &[&resource],
+        )
+        .await
+        .expect("deleting on the follower");
+    let (code, out, err) = pgsieve_cmd(&["verify"], &config);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        out.contains("\"public\".\"annotations\":")
+            && out.contains("1 missing, 0 extra, 0 different")
+            && out.contains(&format!("missing ({resource}, B)")),
+        "{out}"
+    );
+}

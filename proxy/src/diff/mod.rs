@@ -49,7 +49,7 @@ use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio_postgres::Client;
 
 use self::apply::{WriteError, Writer};
-use self::compare::{DiffKind, Difference, Key, Merge, RowSource, Side};
+use self::compare::{DiffKind, Difference, Key, Merge, MergeError, RowSource, Side};
 use self::plan::TablePlan;
 use self::progress::{TableProgress, record_resync};
 use crate::copy::PublishedTable;
@@ -450,7 +450,16 @@ async fn diff_table(
     while let Some(batch) = merge
         .next_batch(chunk as u64, chunk)
         .await
-        .map_err(|(side, e)| err(side)(e))?
+        .map_err(|e| match e {
+            MergeError::Sql(side, e) => err(side)(e),
+            MergeError::OutOfOrder(side) => DiffError::Invariant {
+                follower: spec.follower.to_owned(),
+                table: qualified.clone(),
+                what: format!(
+                    "the {side} returned rows out of byte order (COLLATE \"C\" not honoured?): comparison stopped"
+                ),
+            },
+        })?
     {
         counts.compared += batch.compared;
         counts.leader_skipped += batch.leader_skipped;
