@@ -551,7 +551,7 @@ async fn diff_resync_cost_of_ten_differences_in_a_million_secrets() {
     let before = settled_stats(&follower_url).await;
     let (code, out, err) = pgsieve_cmd(&["resync", "--follower", "f1"], &config);
     assert_eq!(code, Some(0), "{out}\n{err}");
-    eprintln!("{out}");
+    eprintln!("{out}\n{err}");
     let after = settled_stats(&follower_url).await;
     let written: i64 = after
         .iter()

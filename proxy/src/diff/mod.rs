@@ -90,7 +90,8 @@ pub enum Mode {
 pub struct DiffSpec<'a> {
     /// Follower name (errors, logs, metric label).
     pub follower: &'a str,
-    /// Why (metric label of `pgsieve_resyncs_total`: `gap`, `forced`, …).
+    /// Why (metric label of `pgsieve_resyncs_total`: `gap`, `forced`, …;
+    /// [`DiffSpec::new`] sets `forced`).
     pub reason: &'a str,
     /// Published tables, as read at the snapshot.
     pub tables: &'a [PublishedTable],
@@ -240,26 +241,26 @@ impl DiffError {
 }
 
 /// Brings `follower` to the leader's state at its snapshot and moves its
-/// origin to `target`, in one follower transaction (see the module doc
-/// for what the caller sets up).
-#[allow(clippy::too_many_arguments)]
+/// origin to `target`, in one follower transaction (see the module doc for
+/// what the caller sets up). `spec.mode` is ignored; set `spec.reason` for
+/// the metric (`gap`, `slot_lost`, `failover`, …).
+///
+/// ```ignore
+/// let mut spec = DiffSpec::new(&name, &tables, &model, set_bit, Mode::VerifyOnly);
+/// spec.reason = "gap";
+/// let report = diff::resync_follower(&leader, &follower, &spec, consistent_point, &mut |_| {}).await?;
+/// ```
 pub async fn resync_follower(
     leader: &Client,
     follower: &Client,
-    follower_name: &str,
-    tables: &[PublishedTable],
-    model: &Model,
-    set_bit: Option<usize>,
+    spec: &DiffSpec<'_>,
     target: Lsn,
     progress: &mut dyn FnMut(&TableProgress),
 ) -> Result<DiffReport, DiffError> {
-    let spec = DiffSpec::new(
-        follower_name,
-        tables,
-        model,
-        set_bit,
-        Mode::Apply { target },
-    );
+    let spec = DiffSpec {
+        mode: Mode::Apply { target },
+        ..spec.clone()
+    };
     diff_follower(leader, follower, &spec, progress).await
 }
 
