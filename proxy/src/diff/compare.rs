@@ -283,14 +283,10 @@ impl<'c, 'm> Merge<'c, 'm> {
         let mut batch = Batch::default();
         let mut any = false;
         while batch.compared < max_rows && batch.differences.len() < max_diffs {
-            self.leader
-                .fill()
-                .await
-                .map_err(|e| MergeError::Sql(Side::Leader, e))?;
-            self.follower
-                .fill()
-                .await
-                .map_err(|e| MergeError::Sql(Side::Follower, e))?;
+            // Both servers fetch (and, the first time, sort) at once.
+            let (leader, follower) = tokio::join!(self.leader.fill(), self.follower.fill());
+            leader.map_err(|e| MergeError::Sql(Side::Leader, e))?;
+            follower.map_err(|e| MergeError::Sql(Side::Follower, e))?;
             if let Some(row) = self.leader.buf.front()
                 && !self.in_set(row)
             {

@@ -441,6 +441,7 @@ async fn diff_table(
         ),
     };
     let mut merge = Merge::new(&plan, leader_rows, follower_rows, spec.model, spec.set_bit);
+    let table_started = Instant::now();
     let mut counts = TableProgress {
         table: qualified.clone(),
         ..TableProgress::default()
@@ -485,10 +486,12 @@ async fn diff_table(
         let room = spec.max_recorded.saturating_sub(recorded.len());
         truncated |= batch.differences.len() > room;
         recorded.extend(batch.differences.into_iter().take(room));
+        counts.elapsed_ms = table_started.elapsed().as_millis() as u64;
         progress(&counts);
     }
     merge.close().await.map_err(|(side, e)| err(side)(e))?;
     counts.done = true;
+    counts.elapsed_ms = table_started.elapsed().as_millis() as u64;
     progress(&counts);
     Ok(Some(TableReport {
         progress: counts,
