@@ -188,12 +188,29 @@ fn key_of(width: usize, row: &Row) -> Key {
 }
 
 /// Merges a leader and a follower source of one table.
+///
+/// Each side must come in strictly increasing key order (non-decreasing
+/// without a key) as Rust compares keys; a row out of that order (a server
+/// that sorted by another collation) stops the merge with
+/// [`MergeError::OutOfOrder`]
+/// instead of reporting spurious differences.
 pub struct Merge<'c, 'm> {
     plan: &'c TablePlan,
     leader: RowSource<'c>,
     follower: RowSource<'c>,
     model: &'m Model,
     set_bit: Option<usize>,
+    last_leader: Option<Row>,
+    last_follower: Option<Row>,
+}
+
+/// Why a merge step failed.
+#[derive(Debug)]
+pub enum MergeError {
+    /// A statement failed.
+    Sql(Side, tokio_postgres::Error),
+    /// A side is not in byte order.
+    OutOfOrder(Side),
 }
 
 impl<'c, 'm> Merge<'c, 'm> {
@@ -212,7 +229,30 @@ impl<'c, 'm> Merge<'c, 'm> {
             follower,
             model,
             set_bit,
+            last_leader: None,
+            last_follower: None,
         }
+    }
+
+    /// Takes the next row of `side`, checking it follows the previous one.
+    fn pop(&mut self, side: Side) -> Result<Option<Row>, MergeError> {
+        let width = self.plan.key_len();
+        let strict = self.plan.has_primary_key;
+        let (source, last) = match side {
+            Side::Leader => (&mut self.leader, &mut self.last_leader),
+            Side::Follower => (&mut self.follower, &mut self.last_follower),
+        };
+        let Some(row) = source.buf.pop_front() else {
+            return Ok(None);
+        };
+        if let Some(prev) = last.as_ref() {
+            let order = compare_keys(width, prev, &row);
+            if order == Ordering::Greater || (strict && order == Ordering::Equal) {
+                return Err(MergeError::OutOfOrder(side));
+            }
+        }
+        *last = Some(row.clone());
+        Ok(Some(row))
     }
 
     /// Whether the row may be held by the follower.
@@ -238,20 +278,19 @@ impl<'c, 'm> Merge<'c, 'm> {
         &mut self,
         max_rows: u64,
         max_diffs: usize,
-    ) -> Result<Option<Batch>, (Side, tokio_postgres::Error)> {
+    ) -> Result<Option<Batch>, MergeError> {
         let width = self.plan.key_len();
         let mut batch = Batch::default();
         let mut any = false;
         while batch.compared < max_rows && batch.differences.len() < max_diffs {
-            self.leader.fill().await.map_err(|e| (Side::Leader, e))?;
-            self.follower
-                .fill()
-                .await
-                .map_err(|e| (Side::Follower, e))?;
+            // Both servers fetch (and, the first time, sort) at once.
+            let (leader, follower) = tokio::join!(self.leader.fill(), self.follower.fill());
+            leader.map_err(|e| MergeError::Sql(Side::Leader, e))?;
+            follower.map_err(|e| MergeError::Sql(Side::Follower, e))?;
             if let Some(row) = self.leader.buf.front()
                 && !self.in_set(row)
             {
-                self.leader.buf.pop_front();
+                self.pop(Side::Leader)?;
                 batch.leader_skipped += 1;
                 any = true;
                 continue;
@@ -266,7 +305,7 @@ impl<'c, 'm> Merge<'c, 'm> {
             batch.compared += 1;
             match order {
                 Ordering::Less => {
-                    if let Some(l) = self.leader.buf.pop_front() {
+                    if let Some(l) = self.pop(Side::Leader)? {
                         batch.differences.push(Difference {
                             kind: DiffKind::Missing,
                             key: key_of(width, &l),
@@ -277,7 +316,7 @@ impl<'c, 'm> Merge<'c, 'm> {
                     }
                 }
                 Ordering::Greater => {
-                    if let Some(f) = self.follower.buf.pop_front() {
+                    if let Some(f) = self.pop(Side::Follower)? {
                         batch.differences.push(Difference {
                             kind: DiffKind::Extra,
                             key: key_of(width, &f),
@@ -288,8 +327,7 @@ impl<'c, 'm> Merge<'c, 'm> {
                     }
                 }
                 Ordering::Equal => {
-                    let (Some(l), Some(f)) =
-                        (self.leader.buf.pop_front(), self.follower.buf.pop_front())
+                    let (Some(l), Some(f)) = (self.pop(Side::Leader)?, self.pop(Side::Follower)?)
                     else {
                         break;
                     };

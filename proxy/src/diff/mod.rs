@@ -49,7 +49,7 @@ use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio_postgres::Client;
 
 use self::apply::{WriteError, Writer};
-use self::compare::{DiffKind, Difference, Key, Merge, RowSource, Side};
+use self::compare::{DiffKind, Difference, Key, Merge, MergeError, RowSource, Side};
 use self::plan::TablePlan;
 use self::progress::{TableProgress, record_resync};
 use crate::copy::PublishedTable;
@@ -90,7 +90,8 @@ pub enum Mode {
 pub struct DiffSpec<'a> {
     /// Follower name (errors, logs, metric label).
     pub follower: &'a str,
-    /// Why (metric label of `pgsieve_resyncs_total`: `gap`, `forced`, …).
+    /// Why (metric label of `pgsieve_resyncs_total`: `gap`, `forced`, …;
+    /// [`DiffSpec::new`] sets `forced`).
     pub reason: &'a str,
     /// Published tables, as read at the snapshot.
     pub tables: &'a [PublishedTable],
@@ -240,26 +241,26 @@ impl DiffError {
 }
 
 /// Brings `follower` to the leader's state at its snapshot and moves its
-/// origin to `target`, in one follower transaction (see the module doc
-/// for what the caller sets up).
-#[allow(clippy::too_many_arguments)]
+/// origin to `target`, in one follower transaction (see the module doc for
+/// what the caller sets up). `spec.mode` is ignored; set `spec.reason` for
+/// the metric (`gap`, `slot_lost`, `failover`, …).
+///
+/// ```ignore
+/// let mut spec = DiffSpec::new(&name, &tables, &model, set_bit, Mode::VerifyOnly);
+/// spec.reason = "gap";
+/// let report = diff::resync_follower(&leader, &follower, &spec, consistent_point, &mut |_| {}).await?;
+/// ```
 pub async fn resync_follower(
     leader: &Client,
     follower: &Client,
-    follower_name: &str,
-    tables: &[PublishedTable],
-    model: &Model,
-    set_bit: Option<usize>,
+    spec: &DiffSpec<'_>,
     target: Lsn,
     progress: &mut (dyn FnMut(&TableProgress) + Send),
 ) -> Result<DiffReport, DiffError> {
-    let spec = DiffSpec::new(
-        follower_name,
-        tables,
-        model,
-        set_bit,
-        Mode::Apply { target },
-    );
+    let spec = DiffSpec {
+        mode: Mode::Apply { target },
+        ..spec.clone()
+    };
     diff_follower(leader, follower, &spec, progress).await
 }
 
@@ -440,6 +441,7 @@ async fn diff_table(
         ),
     };
     let mut merge = Merge::new(&plan, leader_rows, follower_rows, spec.model, spec.set_bit);
+    let table_started = Instant::now();
     let mut counts = TableProgress {
         table: qualified.clone(),
         ..TableProgress::default()
@@ -450,7 +452,16 @@ async fn diff_table(
     while let Some(batch) = merge
         .next_batch(chunk as u64, chunk)
         .await
-        .map_err(|(side, e)| err(side)(e))?
+        .map_err(|e| match e {
+            MergeError::Sql(side, e) => err(side)(e),
+            MergeError::OutOfOrder(side) => DiffError::Invariant {
+                follower: spec.follower.to_owned(),
+                table: qualified.clone(),
+                what: format!(
+                    "the {side} returned rows out of byte order (COLLATE \"C\" not honoured?): comparison stopped"
+                ),
+            },
+        })?
     {
         counts.compared += batch.compared;
         counts.leader_skipped += batch.leader_skipped;
@@ -475,10 +486,12 @@ async fn diff_table(
         let room = spec.max_recorded.saturating_sub(recorded.len());
         truncated |= batch.differences.len() > room;
         recorded.extend(batch.differences.into_iter().take(room));
+        counts.elapsed_ms = table_started.elapsed().as_millis() as u64;
         progress(&counts);
     }
     merge.close().await.map_err(|(side, e)| err(side)(e))?;
     counts.done = true;
+    counts.elapsed_ms = table_started.elapsed().as_millis() as u64;
     progress(&counts);
     Ok(Some(TableReport {
         progress: counts,

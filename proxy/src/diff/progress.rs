@@ -63,6 +63,8 @@ pub struct TableProgress {
     pub leader_skipped: u64,
     /// Follower rows written (0 when verifying).
     pub changed: u64,
+    /// Milliseconds spent on the table so far.
+    pub elapsed_ms: u64,
     /// Whether the table is finished.
     pub done: bool,
 }
@@ -125,6 +127,7 @@ impl Reporter {
                 different = p.different,
                 out_of_set = p.out_of_set,
                 changed = p.changed,
+                elapsed_ms = p.elapsed_ms,
                 "Table compared."
             );
         }
