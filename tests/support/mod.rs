@@ -25,6 +25,7 @@ pub fn accepts_connections(port: u16) -> bool {
 pub mod mix;
 pub mod probe;
 pub mod scene;
+pub mod tamper;
 
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::LeakReport;
