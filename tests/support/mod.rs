@@ -26,6 +26,7 @@ pub mod mix;
 pub mod probe;
 pub mod sampler;
 pub mod scene;
+pub mod tamper;
 
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::LeakReport;

@@ -275,8 +275,46 @@ struct TableApply {
     /// the maximum.
     inserts: HashMap<(usize, bool), Statement>,
     delete: Statement,
-    updates: HashMap<u64, Statement>,
+    /// UPDATE statements by the set of unchanged-TOAST columns they leave out.
+    updates: HashMap<Box<[u64]>, Statement>,
+    /// Scratch: the unchanged-TOAST columns of the update being applied
+    /// (reused, so an update allocates only its parameters).
+    unchanged: ColumnSet,
     metrics: TableMetrics,
+}
+
+/// A set of column positions, as many as the relation has (PostgreSQL
+/// allows 1 600), in 64-bit words.
+struct ColumnSet {
+    words: Vec<u64>,
+}
+
+impl ColumnSet {
+    fn with_columns(columns: usize) -> Self {
+        Self {
+            words: vec![0; columns.div_ceil(64)],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.words.fill(0);
+    }
+
+    fn insert(&mut self, column: usize) {
+        if let Some(word) = self.words.get_mut(column / 64) {
+            *word |= 1 << (column % 64);
+        }
+    }
+
+    fn contains(&self, column: usize) -> bool {
+        self.words
+            .get(column / 64)
+            .is_some_and(|word| word & (1 << (column % 64)) != 0)
+    }
+
+    fn words(&self) -> &[u64] {
+        &self.words
+    }
 }
 
 struct Group {
@@ -590,13 +628,6 @@ impl Sink {
                 return Ok(());
             }
         }
-        if relation.columns.len() > 64 {
-            return Err(ApplyError::Invalid {
-                follower: self.follower.clone(),
-                commit_lsn: self.commit_lsn(),
-                what: format!("table {} has more than 64 columns", relation.name),
-            });
-        }
         let shape = match_relation(&self.leader, &self.client, relation)
             .await
             .map_err(|source| ApplyError::Schema {
@@ -634,6 +665,7 @@ impl Sink {
                 inserts: HashMap::from([((1, true), insert)]),
                 delete,
                 updates: HashMap::new(),
+                unchanged: ColumnSet::with_columns(relation.columns.len()),
                 metrics: self.metrics.table(relation),
             },
         );
@@ -713,19 +745,17 @@ impl Sink {
             }
             RowOp::Update(update) => {
                 let new = &update.new;
-                let mut unchanged = 0u64;
-                let mut set_cols = Vec::with_capacity(new.len());
-                let mut params = Vec::with_capacity(new.len() + 2);
+                let match_cols = table.shape.match_columns();
+                table.unchanged.clear();
+                let mut params = Vec::with_capacity(new.len() + match_cols.len());
                 for (i, column) in new.columns().enumerate() {
                     if column.is_unchanged_toast() {
-                        unchanged |= 1 << i;
+                        table.unchanged.insert(i);
                     } else {
-                        set_cols.push(i);
                         params.push(wire(new, column));
                     }
                 }
                 let key_source = update.old.as_ref().map_or(new, old_tuple);
-                let match_cols = table.shape.match_columns();
                 for &i in &match_cols {
                     params.push(
                         key_source
@@ -733,9 +763,12 @@ impl Sink {
                             .map_or(WireValue::NULL, |c| wire(key_source, c)),
                     );
                 }
-                let statement = match table.updates.get(&unchanged) {
+                let statement = match table.updates.get(table.unchanged.words()) {
                     Some(statement) => statement.clone(),
                     None => {
+                        let set_cols: Vec<usize> = (0..new.len())
+                            .filter(|&i| !table.unchanged.contains(i))
+                            .collect();
                         let sql = table.shape.update_sql(&set_cols, &match_cols);
                         let statement = self.client.prepare(&sql).await.map_err(|source| {
                             ApplyError::Statement {
@@ -746,7 +779,9 @@ impl Sink {
                                 source,
                             }
                         })?;
-                        table.updates.insert(unchanged, statement.clone());
+                        table
+                            .updates
+                            .insert(table.unchanged.words().into(), statement.clone());
                         statement
                     }
                 };
@@ -888,7 +923,10 @@ impl Sink {
             let statement = self
                 .insert_statement(batch.oid, chunk, batch.upsert, batch.commit_lsn)
                 .await?;
-            let rest = batch.params.split_off(chunk * width);
+            // Every row has the table's width (the tuple gate in `txn`).
+            let rest = batch
+                .params
+                .split_off((chunk * width).min(batch.params.len()));
             let params = std::mem::replace(&mut batch.params, rest);
             batch.rows -= chunk;
             let context = ApplyContext {

@@ -2,6 +2,7 @@
 //! transactions as the data, so a crash at any instant resumes exactly.
 
 use pgsieve_protocol::Lsn;
+use postgres_types::{FromSql, Type};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -51,16 +52,52 @@ pub async fn setup_apply_session(
     origin_progress(client, origin).await
 }
 
-/// The durably flushed progress of `origin` (`0/0` if it has none).
+/// The durably flushed progress of `origin` (`0/0` while it has none).
+///
+/// An answer that is not an LSN is an error, never a made-up `0/0`: a
+/// follower at `0/0` counts as fresh or behind a gap, which re-copies or
+/// resyncs it (ARCHITECTURE.md, "Session start and gaps").
 pub async fn origin_progress(client: &Client, origin: &str) -> Result<Lsn, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT coalesce(pg_replication_origin_progress($1, true)::text, '0/0')",
+            "SELECT pg_catalog.pg_replication_origin_progress($1, true)::text",
             &[&origin],
         )
         .await?;
-    let text: String = row.get(0);
-    Ok(text.parse().unwrap_or(Lsn::ZERO))
+    let position: Option<OriginPosition> = row.try_get(0)?;
+    Ok(position.map_or(Lsn::ZERO, |p| p.0))
+}
+
+/// An origin position read as text (`X/X`), checked while the row is read.
+struct OriginPosition(Lsn);
+
+impl<'a> FromSql<'a> for OriginPosition {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = <&str as FromSql>::from_sql(ty, raw)?;
+        Ok(OriginPosition(parse_origin_position(text)?))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as FromSql>::accepts(ty)
+    }
+}
+
+/// A replication origin position that is not an LSN.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable replication origin position {shown:?}")]
+pub struct UnreadableOrigin {
+    /// The answer, cut to 40 characters.
+    shown: String,
+}
+
+/// Parses the text of `pg_replication_origin_progress`.
+fn parse_origin_position(text: &str) -> Result<Lsn, UnreadableOrigin> {
+    text.parse().map_err(|_| UnreadableOrigin {
+        shown: text.chars().take(40).collect(),
+    })
 }
 
 /// SQL that records `$1` (pg_lsn as text) and `$2` (commit time, µs since
@@ -71,3 +108,34 @@ pub const XACT_SETUP_SQL: &str = "SELECT pg_replication_origin_xact_setup($1::te
 /// SQL that gives the current transaction an xid: PostgreSQL persists origin
 /// progress only for transactions that have one.
 pub const FORCE_XID_SQL: &str = "SELECT txid_current()";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_position_is_an_lsn_or_an_error() {
+        assert_eq!(
+            parse_origin_position("16/B374D848").ok(),
+            Some(Lsn(0x16_B374_D848))
+        );
+        assert_eq!(parse_origin_position("0/0").ok(), Some(Lsn::ZERO));
+        for bad in ["", "garbage", "1/2/3", "0/123456789", "-1/0"] {
+            let err = parse_origin_position(bad).expect_err(bad);
+            assert!(
+                err.to_string()
+                    .starts_with("unreadable replication origin position")
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_origin_fails_the_row_read() {
+        assert!(OriginPosition::from_sql(&Type::TEXT, b"not an lsn").is_err());
+        let read = OriginPosition::from_sql(&Type::TEXT, b"0/16B3748")
+            .ok()
+            .map(|p| p.0);
+        assert_eq!(read, Some(Lsn(0x16B_3748)));
+        assert!(!OriginPosition::accepts(&Type::INT8));
+    }
+}

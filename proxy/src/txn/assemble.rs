@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgsieve_filters::{Effects, SetMask};
-use pgsieve_protocol::pgoutput::{LogicalMessage, ParseContext, PgOutputDecoder, Relation};
+use pgsieve_protocol::pgoutput::{
+    LogicalMessage, OldTuple, ParseContext, PgOutputDecoder, Relation, TupleData,
+};
 use pgsieve_protocol::{DecodeError, Lsn};
 
 use super::event::{RowChange, RowOp, TxnBegin, TxnCommit, TxnEvent};
@@ -30,6 +32,26 @@ pub enum AssembleError {
         lsn: Lsn,
         /// The relation OID.
         oid: u32,
+    },
+    /// A tuple whose column count differs from its relation's: the leader's
+    /// stream and the relation it announced disagree, so no column can be
+    /// trusted to be the one its position says (ARCHITECTURE.md, "Invariants").
+    #[error(
+        "{op} at {lsn} on table {table}: its {tuple} tuple has {got} columns, the relation announced {want}"
+    )]
+    TupleWidth {
+        /// WAL position of the change.
+        lsn: Lsn,
+        /// Qualified table name, as the Relation message named it.
+        table: String,
+        /// `insert`, `update` or `delete`.
+        op: &'static str,
+        /// `new`, `old` or `key`.
+        tuple: &'static str,
+        /// Columns the tuple carries.
+        got: usize,
+        /// Columns the relation announced.
+        want: usize,
     },
     /// A message that cannot occur with the options pgsieve requests.
     #[error("unexpected {what} at {lsn}")]
@@ -285,11 +307,44 @@ fn to_event(
             });
         }
     };
+    check_widths(&relation, &op, lsn)?;
     Ok(TxnEvent::Change(RowChange {
         relation,
         op,
         mask: SetMask::ALL,
     }))
+}
+
+/// The tuple gate: every tuple of a change has exactly its relation's column
+/// count (an old tuple too: a `'K'` key tuple carries every column, the
+/// non-key ones NULL). Past this point filter, fanout and sinks may address
+/// a tuple's columns by the relation's positions.
+fn check_widths(relation: &Relation, op: &RowOp, lsn: Lsn) -> Result<(), AssembleError> {
+    let want = relation.columns.len();
+    let check = |tuple: &TupleData, which: &'static str| {
+        if tuple.len() == want {
+            return Ok(());
+        }
+        Err(AssembleError::TupleWidth {
+            lsn,
+            table: format!("{}.{}", relation.namespace, relation.name),
+            op: op.as_str(),
+            tuple: which,
+            got: tuple.len(),
+            want,
+        })
+    };
+    let old_name = |old: &OldTuple| if old.is_key() { "key" } else { "old" };
+    match op {
+        RowOp::Insert(insert) => check(&insert.new, "new"),
+        RowOp::Update(update) => {
+            if let Some(old) = &update.old {
+                check(old.tuple(), old_name(old))?;
+            }
+            check(&update.new, "new")
+        }
+        RowOp::Delete(delete) => check(delete.old.tuple(), old_name(&delete.old)),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,5 +403,173 @@ impl StreamReplay {
             }
             ReplayState::Done => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pgsieve_protocol::PgTimestamp;
+    use pgsieve_protocol::encode::TupleBuilder;
+    use pgsieve_protocol::pgoutput::{
+        Begin, Delete, Insert, RelationColumn, ReplicaIdentity, Update,
+    };
+
+    use super::*;
+
+    fn relation(columns: usize) -> Relation {
+        Relation {
+            xid: None,
+            oid: 16384,
+            namespace: "public".into(),
+            name: "wide".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: (0..columns)
+                .map(|i| RelationColumn {
+                    is_key: i == 0,
+                    name: format!("c{i}"),
+                    type_oid: 25,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    fn tuple(columns: usize) -> TupleData {
+        let mut b = TupleBuilder::new();
+        for i in 0..columns {
+            b.text(i.to_string());
+        }
+        b.finish()
+    }
+
+    /// An assembler inside a transaction on a relation of `width` columns.
+    fn assembler(width: usize) -> Assembler {
+        let mut a = Assembler::new(std::env::temp_dir());
+        let begin = LogicalMessage::Begin(Begin {
+            final_lsn: Lsn(0x200),
+            commit_time: PgTimestamp(0),
+            xid: 7,
+        });
+        for m in [LogicalMessage::Relation(relation(width)), begin] {
+            a.handle(Lsn(0x100), m.to_bytes())
+                .expect("relation and begin");
+        }
+        a
+    }
+
+    fn handle(width: usize, change: LogicalMessage) -> Result<Assembled, AssembleError> {
+        assembler(width).handle(Lsn(0x180), change.to_bytes())
+    }
+
+    fn insert(columns: usize) -> LogicalMessage {
+        LogicalMessage::Insert(Insert {
+            xid: None,
+            rel_id: 16384,
+            new: tuple(columns),
+        })
+    }
+
+    #[test]
+    fn tuples_of_the_relations_width_pass_the_gate() {
+        for width in [1, 4, 64, 65, 200] {
+            assert!(matches!(
+                handle(width, insert(width)),
+                Ok(Assembled::Event(_))
+            ));
+        }
+        let update = LogicalMessage::Update(Update {
+            xid: None,
+            rel_id: 16384,
+            old: Some(OldTuple::Key(tuple(70))),
+            new: tuple(70),
+        });
+        assert!(handle(70, update).is_ok());
+    }
+
+    #[test]
+    fn a_tuple_of_another_width_is_a_typed_error_naming_lsn_table_and_widths() {
+        let cases = [
+            (4, insert(3), "insert", "new", 3),
+            (4, insert(5), "insert", "new", 5),
+            (4, insert(65), "insert", "new", 65),
+            (
+                4,
+                LogicalMessage::Update(Update {
+                    xid: None,
+                    rel_id: 16384,
+                    old: Some(OldTuple::Key(tuple(2))),
+                    new: tuple(4),
+                }),
+                "update",
+                "key",
+                2,
+            ),
+            (
+                4,
+                LogicalMessage::Update(Update {
+                    xid: None,
+                    rel_id: 16384,
+                    old: None,
+                    new: tuple(70),
+                }),
+                "update",
+                "new",
+                70,
+            ),
+            (
+                4,
+                LogicalMessage::Delete(Delete {
+                    xid: None,
+                    rel_id: 16384,
+                    old: OldTuple::Full(tuple(5)),
+                }),
+                "delete",
+                "old",
+                5,
+            ),
+        ];
+        for (width, change, want_op, want_tuple, want_got) in cases {
+            let err = handle(width, change).expect_err("a tuple of another width");
+            let line = err.to_string();
+            assert!(
+                line.contains("0/180") && line.contains("public.wide"),
+                "{line}"
+            );
+            let AssembleError::TupleWidth {
+                lsn,
+                table,
+                op,
+                tuple,
+                got,
+                want,
+            } = err
+            else {
+                panic!("not a width error: {line}");
+            };
+            assert_eq!(
+                (lsn, table.as_str(), op, tuple, got, want),
+                (
+                    Lsn(0x180),
+                    "public.wide",
+                    want_op,
+                    want_tuple,
+                    want_got,
+                    width
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_of_an_unannounced_relation_is_a_typed_error() {
+        let change = LogicalMessage::Insert(Insert {
+            xid: None,
+            rel_id: 99,
+            new: tuple(4),
+        });
+        assert!(matches!(
+            handle(4, change),
+            Err(AssembleError::UnknownRelation { oid: 99, .. })
+        ));
     }
 }
