@@ -26,7 +26,7 @@ use pgsieve::harness::workload::{
     Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
 };
 use pgsieve::harness::{OracleRule, Topology, wait_initial_copy};
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::Client;

@@ -3,7 +3,7 @@
 //! latency of the grant and the revoke. The demo checks every follower against the
 //! oracle itself and fails otherwise, so success here means the followers matched.
 
-use pgsieve::demo::{DemoOptions, run_with_output};
+use pgsieve::dev::demo::{DemoOptions, run_with_output};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_and_reports_both_followers_and_latencies() {

@@ -17,7 +17,7 @@ use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{PgsieveProcess, run_pgsieve_with_env};
 use pgsieve::harness::workload::{Change, apply_changes, create_replica_set, grant_layers_to_sets};
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 
 use crate::replication::wait_caught_up;
 use crate::support::ok;

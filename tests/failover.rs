@@ -17,7 +17,7 @@ use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::rotate_secret;
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 
 use crate::replication::wait_caught_up;
 use crate::support::sampler::Sampler;

@@ -319,7 +319,7 @@ async fn a_follower_removed_from_a_hub_and_added_back_is_resynced() {
     use pgsieve::harness::generate::PolicySpec;
     use pgsieve::harness::process::{FollowerEntry, PgsieveConfig};
     use pgsieve::harness::workload::{create_replica_set, grant_layers_to_sets};
-    use pgsieve::setup::CONJUR_TABLES;
+    use pgsieve::conjur::CONJUR_TABLES;
 
     use crate::replication::wait_caught_up;
 

@@ -10,7 +10,7 @@ use pgsieve::harness::conjur::{self, ReplicaSet};
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::workload::{self, Change};
 use pgsieve::harness::{Cluster, ClusterSpec, Topology};
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 
 use crate::support::{accepts_connections, ok};
 

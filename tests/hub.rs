@@ -19,7 +19,7 @@ use pgsieve::harness::workload::{
     Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
 };
 use pgsieve::harness::{Topology, wait_initial_copy};
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;

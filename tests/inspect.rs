@@ -13,7 +13,7 @@ use pgsieve::harness::conjur::{id, prepare_conjur, prepare_leader};
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess, run_pgsieve};
 use pgsieve::harness::topology::DEFAULT_PUBLICATION;
 use pgsieve::harness::workload::{PolicyLoad, add_secret, create_account, load_policy};
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve_protocol::Lsn;
 
 use crate::support::ok;

@@ -27,7 +27,7 @@ use pgsieve::harness::workload::{
     Change, add_secret, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
     set_expiration,
 };
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
 

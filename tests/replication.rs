@@ -13,7 +13,7 @@ use pgsieve::harness::workload::{
     PolicyLoad, add_secret, create_account, load_policy, rotate_secret, set_expiration,
 };
 use pgsieve::harness::{self, Topology};
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use crate::support::mix::{Mix, streaming_topology};

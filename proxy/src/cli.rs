@@ -77,8 +77,8 @@ pub enum Command {
         #[arg(short, long, env = "PGSIEVE_CONFIG")]
         config: PathBuf,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = pgsieve::tap::TapFormat::Pretty)]
-        format: pgsieve::tap::TapFormat,
+        #[arg(long, value_enum, default_value_t = pgsieve::ops::tap::TapFormat::Pretty)]
+        format: pgsieve::ops::tap::TapFormat,
         /// Only changes of this table (bare or schema-qualified); repeatable.
         #[arg(long = "table", value_name = "TABLE")]
         tables: Vec<String>,

@@ -112,7 +112,7 @@ async fn beat_forever(
 }
 
 async fn open(pg: &crate::conn::ConnConfig) -> Result<Arc<Client>, String> {
-    let client = crate::run::connect_sql(pg, "the leader (heartbeat)")
+    let client = crate::conn::connect_sql(pg, "the leader (heartbeat)")
         .await
         .map_err(|e| crate::report::error_chain(&e))?;
     client

@@ -1,14 +1,18 @@
 //! pgsieve: partial logical replication for CyberArk Conjur followers.
 //!
-//! Owns the `pgsieve` binary's parts: configuration and CLI, the leader
-//! replication connection (`source`), transaction assembly (`txn`), the
-//! filter stage over `pgsieve-filters`, follower sinks (`sink`), the initial
-//! copy, feedback to the leader, and the throwaway clusters used by the demo,
-//! the benches and the tests (`harness`). Never does: protocol parsing
-//! (`pgsieve-protocol`) or authorization logic (`pgsieve-filters`) of its own.
+//! The pipeline, in the order data flows (ARCHITECTURE.md, "Data flow"):
+//! `source` (leader replication connection) → `txn` (assembly, tuple gate)
+//! → `filter` (model, decisions, effects) → `fanout` (one lane per
+//! follower) → `sink` (apply) → `feedback` (status updates); `run` drives
+//! it, and `run::start` brings every follower to a stream position first
+//! (`bootstrap`, `reconcile`, `copy`, `diff`). Shared below the stages:
+//! `config`, `conn` (every connection), `sql` (quoting), `conjur` (facts
+//! about Conjur's tables), `metrics`, `report`. Operator commands live in
+//! `ops`, developer tools (`dev`, `bench`, `harness`) behind the `harness`
+//! feature. Never does: protocol parsing (`pgsieve-protocol`) or
+//! authorization logic (`pgsieve-filters`) of its own.
 
 pub mod bootstrap;
-pub mod check;
 pub mod config;
 pub mod conjur;
 pub mod conn;
@@ -21,23 +25,20 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod reconcile;
 pub mod report;
-pub mod resync_cmd;
 pub mod roster;
 pub mod run;
-pub mod setup;
 pub mod sink;
+pub mod sql;
 pub mod source;
-pub mod status;
 pub mod txn;
-pub mod verify;
 
 #[cfg(feature = "harness")]
 pub mod harness;
 
 #[cfg(feature = "harness")]
-pub mod demo;
+pub mod dev;
 
-pub mod tap;
+pub mod ops;
 
 #[cfg(feature = "harness")]
 pub mod bench;

@@ -70,7 +70,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         Command::Setup { config, dry_run } => {
             let config = load(&config)?;
             init_logging(config.log_format, &config.log_level);
-            let statements = pgsieve::setup::setup_statements(&config.leader.publication);
+            let statements = pgsieve::ops::setup::setup_statements(&config.leader.publication);
             if dry_run {
                 for sql in statements {
                     println!("{sql};");
@@ -95,9 +95,9 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         Command::Check { config } => {
             let config = load(&config)?;
             init_logging(config.log_format, "warn");
-            let results = pgsieve::check::run_checks(&config).await;
-            print!("{}", pgsieve::check::render(&results));
-            match pgsieve::check::failures(&results) {
+            let results = pgsieve::ops::check::run_checks(&config).await;
+            print!("{}", pgsieve::ops::check::render(&results));
+            match pgsieve::ops::check::failures(&results) {
                 0 => Ok(()),
                 failed => Err(format!("{failed} of {} checks failed", results.len())),
             }
@@ -105,7 +105,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         Command::Status { config, format } => {
             let config = load(&config)?;
             init_logging(config.log_format, "warn");
-            let report = pgsieve::status::read_status(&config).await;
+            let report = pgsieve::ops::status::read_status(&config).await;
             match format {
                 cli::StatusFormat::Text => print!("{}", report.to_text()),
                 cli::StatusFormat::Json => println!("{}", report.to_json()),
@@ -123,17 +123,17 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         } => {
             let config = load(&config)?;
             init_logging(config.log_format, "warn");
-            let options = pgsieve::verify::VerifyOptions {
+            let options = pgsieve::ops::verify::VerifyOptions {
                 follower,
                 progress: format == cli::StatusFormat::Text,
                 ..Default::default()
             };
-            let verdicts = pgsieve::verify::verify(&config, &options)
+            let verdicts = pgsieve::ops::verify::verify(&config, &options)
                 .await
                 .map_err(|e| error_chain(&e))?;
             match format {
-                cli::StatusFormat::Text => print!("{}", pgsieve::verify::render_text(&verdicts)),
-                cli::StatusFormat::Json => println!("{}", pgsieve::verify::render_json(&verdicts)),
+                cli::StatusFormat::Text => print!("{}", pgsieve::ops::verify::render_text(&verdicts)),
+                cli::StatusFormat::Json => println!("{}", pgsieve::ops::verify::render_json(&verdicts)),
             }
             let differ: Vec<&str> = verdicts
                 .iter()
@@ -152,10 +152,10 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         Command::Resync { config, follower } => {
             let config = load(&config)?;
             init_logging(config.log_format, &config.log_level);
-            let report = pgsieve::resync_cmd::resync(&config, &follower, true)
+            let report = pgsieve::ops::resync::resync(&config, &follower, true)
                 .await
                 .map_err(|e| error_chain(&e))?;
-            print!("{}", pgsieve::resync_cmd::render_text(&follower, &report));
+            print!("{}", pgsieve::ops::resync::render_text(&follower, &report));
             Ok(())
         }
         Command::Tap {
@@ -171,9 +171,9 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         } => {
             let config = load(&config)?;
             init_logging(config.log_format, "warn");
-            let options = pgsieve::tap::TapOptions {
+            let options = pgsieve::ops::tap::TapOptions {
                 format,
-                selection: pgsieve::tap::Selection {
+                selection: pgsieve::ops::tap::Selection {
                     tables,
                     replica_sets,
                     variables,
@@ -183,7 +183,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 input,
                 limit,
             };
-            pgsieve::tap::run(&config, options, shutdown_signal())
+            pgsieve::ops::tap::run(&config, options, shutdown_signal())
                 .await
                 .map_err(|e| error_chain(&e))
         }
@@ -223,7 +223,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         }
         #[cfg(feature = "harness")]
         Command::Demo { keep_running } => {
-            pgsieve::demo::run(&pgsieve::demo::DemoOptions { keep_running })
+            pgsieve::dev::demo::run(&pgsieve::dev::demo::DemoOptions { keep_running })
                 .await
                 .map_err(|e| error_chain(&e))
         }

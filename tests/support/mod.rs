@@ -102,7 +102,7 @@ pub async fn xid_horizon(follower: &Client) -> i64 {
 /// later.
 pub async fn rows_written_since(follower: &Client, horizon: i64, except: Option<&str>) -> i64 {
     let mut total = 0;
-    for table in pgsieve::setup::CONJUR_TABLES {
+    for table in pgsieve::conjur::CONJUR_TABLES {
         if Some(*table) == except {
             continue;
         }

@@ -10,7 +10,7 @@ use pgsieve::harness::generate::{PolicySpec, Population};
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::{create_replica_set, grant_layers_to_sets};
-use pgsieve::setup::CONJUR_TABLES;
+use pgsieve::conjur::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use super::ok;

@@ -439,7 +439,7 @@ fn follower_client(side: &Option<FollowerSide>) -> Vec<&Client> {
 /// `CREATE PUBLICATION` of Conjur's tables for native subscribers, `secrets`
 /// with the closest row filter PG15 can express for `filter`.
 pub fn native_publication_sql(name: &str, filter: Filter) -> String {
-    let tables: Vec<String> = crate::setup::CONJUR_TABLES
+    let tables: Vec<String> = crate::conjur::CONJUR_TABLES
         .iter()
         .map(|t| match (*t, native_filter(filter)) {
             ("secrets", Some(pattern)) => format!("secrets WHERE (resource_id LIKE '{pattern}')"),
@@ -506,7 +506,7 @@ pub async fn setup_pglogical_provider(
     sql.push_str(&format!(
         "SELECT pglogical.create_replication_set('{PGL_SET}');\n"
     ));
-    for table in crate::setup::CONJUR_TABLES {
+    for table in crate::conjur::CONJUR_TABLES {
         if PGLOGICAL_SKIPS.contains(table) {
             continue;
         }

@@ -352,7 +352,7 @@ pub async fn write(
 /// `count(*)` of every table pgsieve publishes.
 pub async fn table_rows(c: &impl GenericClient) -> Result<BTreeMap<String, i64>, HarnessError> {
     let mut out = BTreeMap::new();
-    for table in crate::setup::CONJUR_TABLES {
+    for table in crate::conjur::CONJUR_TABLES {
         let n: i64 = c
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await

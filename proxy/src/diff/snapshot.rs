@@ -17,7 +17,8 @@ use tokio_postgres::Client;
 use crate::bootstrap::{BootstrapError, model_from_tables};
 use crate::config::Config;
 use crate::copy::{PublishedTable, published_tables};
-use crate::run::{RunError, connect_sql, source_config};
+use crate::conn::{ConnectError, connect_sql};
+use crate::source::SourceConfig;
 use crate::source::SourceError;
 
 /// Why the leader snapshot could not be opened.
@@ -28,7 +29,7 @@ pub enum SnapshotError {
     Source(#[from] SourceError),
     /// The SQL session could not be opened.
     #[error(transparent)]
-    Connect(Box<RunError>),
+    Connect(Box<ConnectError>),
     /// A statement failed.
     #[error("leader: {what}: {source}")]
     Sql {
@@ -61,11 +62,11 @@ impl LeaderSnapshot {
     /// Opens a snapshot of `config`'s leader; `purpose` names the temporary
     /// slot (`pgsieve_<purpose>_<pid>`).
     pub async fn open(config: &Config, purpose: &str) -> Result<LeaderSnapshot, SnapshotError> {
-        let mut source = source_config(config);
+        let mut source = SourceConfig::for_leader(config);
         source.application_name = format!("pgsieve-{purpose}");
         let leader = connect_sql(&config.leader.pg, "the leader")
             .await
-            .map_err(|e| SnapshotError::Connect(Box::new(e.into())))?;
+            .map_err(|e| SnapshotError::Connect(Box::new(e)))?;
         let slot = format!("pgsieve_{purpose}_{}", std::process::id());
         let snapshot = crate::bootstrap::LeaderSnapshot::temporary(&source, &slot, leader.clone())
             .await

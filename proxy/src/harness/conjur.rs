@@ -1,6 +1,6 @@
 /*!
 The Conjur database as tests and the demo need it: the schema (`sql/conjur-schema.sql`),
-the grants for the `replicator` role, the leader's publication (through [`crate::setup`],
+the grants for the `replicator` role, the leader's publication (through [`crate::ops::setup`],
 the same SQL `pgsieve setup` runs), and the names Conjur gives to ids and replica sets.
 */
 
@@ -36,12 +36,12 @@ pub async fn grant_replicator(client: &impl GenericClient) -> Result<(), Harness
         .ctx(|| "granting SELECT to replicator".to_string())
 }
 
-/// Runs [`crate::setup::setup_statements`] for `publication` (idempotent).
+/// Runs [`crate::ops::setup::setup_statements`] for `publication` (idempotent).
 pub async fn prepare_leader(
     client: &impl GenericClient,
     publication: &str,
 ) -> Result<(), HarnessError> {
-    for stmt in crate::setup::setup_statements(publication) {
+    for stmt in crate::ops::setup::setup_statements(publication) {
         client
             .batch_execute(&stmt)
             .await

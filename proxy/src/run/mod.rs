@@ -258,12 +258,6 @@ pub(crate) struct FollowerSession {
     detached: Option<DetachReason>,
 }
 
-pub(crate) fn source_config(config: &Config) -> SourceConfig {
-    let mut source = SourceConfig::new(config.leader.pg.clone());
-    source.application_name = format!("pgsieve-{}", config.leader.slot);
-    source
-}
-
 /// Connects a follower and binds its replication origin.
 async fn connect_follower(
     f: &crate::config::FollowerConfig,
@@ -326,7 +320,7 @@ async fn run_session(
     }
     let leader = connect_sql(&config.leader.pg, "the leader").await?;
     check_publication(&leader, &config.leader.publication).await?;
-    let mut repl = ReplicationConnection::connect(&source_config(config)).await?;
+    let mut repl = ReplicationConnection::connect(&SourceConfig::for_leader(config)).await?;
     let slot = config.leader.slot.as_str();
     // A detached follower holds the slot where it was last seen durable, or
     // (not seen by this process) where the slot was confirmed: never beyond

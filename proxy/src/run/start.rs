@@ -23,13 +23,13 @@ use pgsieve_filters::{Model, ReplicaSetSpec};
 use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
 
-use super::{FollowerSession, RunError, source_config};
+use super::{FollowerSession, RunError};
 use crate::bootstrap::{LeaderSnapshot, model_from_tables, snapshot_slot_name};
 use crate::config::{Config, OnGap};
 use crate::copy::{CopyError, copy_tables, published_tables};
 use crate::diff::{DiffSpec, Mode, Reporter, diff_follower};
 use crate::reconcile::reconcile_follower;
-use crate::source::{ReplicationConnection, SlotInfo, SnapshotAction};
+use crate::source::{ReplicationConnection, SlotInfo, SnapshotAction, SourceConfig};
 
 /// Why the slot no longer holds what a follower needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +160,7 @@ pub(crate) async fn prepare(
         LeaderSnapshot::import(&created, leader.clone()).await?
     } else {
         LeaderSnapshot::temporary(
-            &source_config(config),
+            &SourceConfig::for_leader(config),
             &snapshot_slot_name(slot, std::process::id()),
             leader.clone(),
         )

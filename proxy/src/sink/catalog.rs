@@ -92,21 +92,38 @@ pub async fn table_columns(
 
 /// Checks that the follower's columns of `table` can take every leader
 /// column: same names, same `format_type` types (the initial copy's check,
-/// before any row moves; the stream's is [`match_relation`]).
+/// before any row moves; the stream's is [`match_relation`]). The first of
+/// [`column_mismatches`].
 pub fn check_columns(
     table: &str,
     leader: &[CatalogColumn],
     follower: &[CatalogColumn],
 ) -> Result<(), SchemaMismatch> {
+    match column_mismatches(table, leader, follower).into_iter().next() {
+        Some(mismatch) => Err(mismatch),
+        None => Ok(()),
+    }
+}
+
+/// Every reason the follower's `table` cannot take the leader's rows: the
+/// one schema comparison `run`, the initial copy and `check` share. A column
+/// only the follower has is no mismatch (rows are written by column name).
+pub fn column_mismatches(
+    table: &str,
+    leader: &[CatalogColumn],
+    follower: &[CatalogColumn],
+) -> Vec<SchemaMismatch> {
     if follower.is_empty() {
-        return Err(SchemaMismatch::MissingTable {
+        return vec![SchemaMismatch::MissingTable {
             table: table.to_owned(),
-        });
+        }];
     }
-    for column in leader {
-        follower_column(table, &column.name, &column.type_name, true, follower)?;
-    }
-    Ok(())
+    leader
+        .iter()
+        .filter_map(|column| {
+            follower_column(table, &column.name, &column.type_name, true, follower).err()
+        })
+        .collect()
 }
 
 /// The follower's column `name` of `table`, if it exists and (when

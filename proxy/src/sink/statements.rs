@@ -8,24 +8,7 @@
 
 use std::fmt::Write as _;
 
-/// Quotes an SQL identifier (always, so case and keywords are safe).
-pub fn quote_ident(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            out.push('"');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
-/// `"schema"."table"`.
-pub fn qualified_name(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
+pub use crate::sql::{qualified_name, quote_ident};
 
 /// How rows of one table are addressed on the follower.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,14 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// The leader's replication connection as `run` opens it (application
+    /// name `pgsieve-<slot>`, so `pg_stat_replication` says whose it is).
+    pub fn for_leader(config: &crate::config::Config) -> SourceConfig {
+        let mut source = SourceConfig::new(config.leader.pg.clone());
+        source.application_name = format!("pgsieve-{}", config.leader.slot);
+        source
+    }
+
     /// Takes the application name and timeout from `pg` where it sets them,
     /// otherwise `"pgsieve"` and 10 s.
     pub fn new(pg: ConnConfig) -> SourceConfig {

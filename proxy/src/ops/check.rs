@@ -19,7 +19,9 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, FollowerConfig};
 use crate::conjur::PublicationFacts;
-use crate::setup::CONJUR_TABLES;
+use crate::sink::catalog::{CatalogColumn, column_mismatches};
+use crate::sql::quote_ident;
+use crate::conjur::CONJUR_TABLES;
 use crate::source::{ReplicationConnection, SourceConfig};
 
 /// How long one connection attempt may take before the check reports it as failed.
@@ -399,22 +401,24 @@ pub fn compare_schemas(
             mismatches.push(format!("table public.{table} does not exist"));
             continue;
         };
-        for (col, ty) in lcols {
-            match fcols.iter().find(|(c, _)| c == col) {
-                None => mismatches.push(format!("table public.{table} lacks column {col} ({ty})")),
-                Some((_, fty)) if fty != ty => mismatches.push(format!(
-                    "table public.{table} column {col} is {fty}, the leader's is {ty}"
-                )),
-                Some(_) => {}
-            }
-        }
-        for (col, fty) in fcols {
-            if !lcols.iter().any(|(c, _)| c == col) {
-                mismatches.push(format!(
-                    "table public.{table} has column {col} ({fty}) the leader lacks"
-                ));
-            }
-        }
+        let columns = |cols: &[(String, String)]| -> Vec<CatalogColumn> {
+            cols.iter()
+                .map(|(name, type_name)| CatalogColumn {
+                    name: name.clone(),
+                    type_name: type_name.clone(),
+                    is_primary_key: false,
+                })
+                .collect()
+        };
+        mismatches.extend(
+            column_mismatches(
+                &format!("public.{table}"),
+                &columns(lcols),
+                &columns(fcols),
+            )
+            .iter()
+            .map(ToString::to_string),
+        );
     }
     if mismatches.is_empty() {
         return CheckResult::pass(
@@ -867,9 +871,6 @@ pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     e.to_string()
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 #[cfg(test)]
 mod tests {
@@ -1056,13 +1057,18 @@ mod tests {
         assert!(!r.ok);
         assert_eq!(r.name, "follower us-east: schema");
         for part in [
-            "table public.secrets lacks column expires_at (timestamp without time zone)",
-            "table public.secrets column version is bigint, the leader's is integer",
-            "table public.secrets has column extra (text) the leader lacks",
+            "public.secrets: the follower has no column \"expires_at\"",
+            "public.secrets",
+            "bigint",
             "table public.roles does not exist",
         ] {
             assert!(r.detail.contains(part), "{part} not in {}", r.detail);
         }
+        assert!(
+            !r.detail.contains("extra"),
+            "a column only the follower has is no mismatch (run applies by name): {}",
+            r.detail
+        );
     }
 
     #[test]

@@ -242,7 +242,7 @@ fn is_plain(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tap::line::{ChangeLine, Decision};
+    use crate::ops::tap::line::{ChangeLine, Decision};
 
     fn change() -> Line {
         Line::Change(ChangeLine {

@@ -19,7 +19,7 @@ use pgsieve_protocol::Lsn;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::check::{connect, db_message};
+use crate::ops::check::{connect, db_message};
 use crate::config::{Config, FollowerConfig};
 use crate::metrics::RuntimeStatus;
 use crate::metrics::followers::Event;

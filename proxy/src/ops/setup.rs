@@ -5,35 +5,7 @@ and the test harness (`harness::conjur::prepare_leader`), so tests run against e
 the publication an operator gets.
 */
 
-/// The Conjur tables pgsieve publishes: all 14 of Conjur's tables.
-///
-/// Never `FOR ALL TABLES`: every policy load creates throwaway `policy_loader_*` schemas
-/// whose key-less tables would then make the loader's own DELETEs fail.
-///
-/// `schema_migrations` is left out on purpose: it records which migrations ran *on that
-/// database*. DDL is not replicated, so each follower's schema (and the record of how it
-/// got there) belongs to the follower; copying the leader's rows would claim migrations
-/// the follower never ran.
-///
-/// `policy_log` is included (Conjur's own "Full" set leaves it out of comparisons, but it
-/// is cheap and keeps followers complete); it has no primary key, hence
-/// `REPLICA IDENTITY FULL` below.
-pub const CONJUR_TABLES: &[&str] = &[
-    "roles",
-    "resources",
-    "role_memberships",
-    "permissions",
-    "annotations",
-    "secrets",
-    "credentials",
-    "policy_versions",
-    "policy_log",
-    "resources_textsearch",
-    "host_factory_tokens",
-    "authenticator_configs",
-    "issuers",
-    "slosilo_keystore",
-];
+use crate::conjur::CONJUR_TABLES;
 
 /// Idempotent SQL that prepares a leader database for pgsieve: `policy_log` gets
 /// `REPLICA IDENTITY FULL` (without a key, a published table's DELETEs fail on the

@@ -49,7 +49,7 @@ use crate::diff::compare::{DiffKind, Difference, Key};
 use crate::diff::progress::TableProgress;
 use crate::diff::snapshot::{LeaderSnapshot, SnapshotError};
 use crate::diff::{DiffError, DiffReport, DiffSpec, Mode, Reporter, diff_follower};
-use crate::run::{RunError, connect_sql};
+use crate::conn::{ConnectError, connect_sql};
 
 /// Options of `pgsieve verify`.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub enum VerifyError {
     UnknownFollower(String),
     /// Connecting failed.
     #[error(transparent)]
-    Connect(Box<RunError>),
+    Connect(Box<ConnectError>),
     /// The leader snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -196,7 +196,7 @@ async fn verify_one(
 ) -> Result<Verdict, VerifyError> {
     let follower = connect_sql(&f.pg, &format!("follower {}", f.name))
         .await
-        .map_err(|e| VerifyError::Connect(Box::new(e.into())))?;
+        .map_err(|e| VerifyError::Connect(Box::new(e)))?;
     let origin = config.origin_name();
     let mut compared: BTreeMap<String, u64> = BTreeMap::new();
     let mut previous: Option<DiffReport> = None;

@@ -29,7 +29,6 @@ use tokio::sync::watch;
 use crate::bootstrap::BootstrapError;
 use crate::config::Config;
 use crate::filter::{FilterStage, FilterStageError};
-use crate::run::RunError;
 use crate::source::SourceError;
 use crate::txn::AssembleError;
 
@@ -64,7 +63,7 @@ pub enum TapError {
     Source(#[from] SourceError),
     /// An SQL session could not be opened.
     #[error(transparent)]
-    Connect(#[from] RunError),
+    Connect(#[from] crate::conn::ConnectError),
     /// An SQL statement failed.
     #[error("{what}: {source}")]
     Sql {

@@ -30,7 +30,7 @@ use crate::harness::workload::{Change, apply_changes, create_replica_set};
 use crate::harness::{
     HarnessError, OracleRule, Topology, variables_in_set, wait_caught_up, wait_initial_copy,
 };
-use crate::setup::CONJUR_TABLES;
+use crate::conjur::CONJUR_TABLES;
 
 /// How long any single wait (catch-up, a grant or revoke arriving) may take before the
 /// demo gives up: far above what a healthy local setup needs.

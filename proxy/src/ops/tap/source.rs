@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 use super::TapError;
 use crate::bootstrap::model_from_tables;
 use crate::config::Config;
-use crate::run::connect_sql;
+use crate::conn::connect_sql;
 use crate::source::{
     ReplicationConnection, ReplicationStream, SnapshotAction, SourceConfig, StatusSender,
 };
@@ -168,7 +168,7 @@ pub async fn open_live(config: &Config) -> Result<Opened, TapError> {
     })?;
     let leader = connect_sql(&config.leader.pg, "the leader")
         .await
-        .map_err(crate::run::RunError::from)?;
+        ?;
     leader
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"

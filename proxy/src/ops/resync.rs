@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::diff::progress::TableProgress;
 use crate::diff::snapshot::{LeaderSnapshot, SnapshotError};
 use crate::diff::{DiffError, DiffReport, DiffSpec, Mode, Reporter, diff_follower};
-use crate::run::{RunError, connect_sql};
+use crate::conn::{ConnectError, connect_sql};
 use crate::sink::origin::setup_apply_session;
 
 /// Why the resync did not happen (nothing was written).
@@ -44,7 +44,7 @@ pub enum ResyncError {
     },
     /// Connecting failed.
     #[error(transparent)]
-    Connect(Box<RunError>),
+    Connect(Box<ConnectError>),
     /// Binding the origin failed otherwise.
     #[error("follower {follower}: setting up the apply session: {source}")]
     Session {
@@ -77,7 +77,7 @@ pub async fn resync(
     let origin = config.origin_name();
     let follower = connect_sql(&f.pg, &format!("follower {}", f.name))
         .await
-        .map_err(|e| ResyncError::Connect(Box::new(e.into())))?;
+        .map_err(|e| ResyncError::Connect(Box::new(e)))?;
     let before = setup_apply_session(&follower, &origin)
         .await
         .map_err(|source| {
