@@ -41,7 +41,7 @@ pub struct ApplyContext {
 const MAX_IN_FLIGHT: usize = 1024;
 /// Parameter values those statements may carry in all: bounds the encoded
 /// rows waiting in the connection's queue (a few MiB), whatever the
-/// statement shapes (invariant 5, bounded memory).
+/// statement shapes (ARCHITECTURE.md, "Invariants": bounded memory).
 const MAX_VALUES_IN_FLIGHT: usize = 32 * 1024;
 
 /// A failure of the follower sink.
@@ -435,11 +435,6 @@ impl Sink {
         &self.metrics
     }
 
-    /// Shared durable progress.
-    pub fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-
     /// Whether a follower transaction is open between two leader
     /// transactions: the caller should commit it when no more events are
     /// ready.
@@ -457,7 +452,8 @@ impl Sink {
         }
     }
 
-    async fn push(
+    /// Sends one statement through the pipeline.
+    pub(crate) async fn push(
         &mut self,
         statement: &Statement,
         params: Vec<WireValue>,
@@ -1019,19 +1015,6 @@ impl Sink {
     /// before it, so their inserts must be upserts.
     pub(crate) fn backfilled_through(&mut self, lsn: Lsn) {
         self.upsert_until = self.upsert_until.max(lsn);
-    }
-
-    pub(crate) fn follower_name(&self) -> &str {
-        &self.follower
-    }
-
-    pub(crate) async fn push_sql(
-        &mut self,
-        statement: &Statement,
-        params: Vec<WireValue>,
-        context: ApplyContext,
-    ) -> Result<(), ApplyError> {
-        self.push(statement, params, context).await
     }
 
     pub(crate) async fn push_future(
