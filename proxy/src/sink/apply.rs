@@ -315,7 +315,7 @@ pub struct Sink {
     /// before the leader WAL position read after it; each backfill moves
     /// this bound there. (Replays after a restart are skipped by origin, so
     /// they never overlap.) A duplicate key anyway restarts the follower
-    /// with upserts through the failing transaction (`ApplyError::is_duplicate_key`).
+    /// with upserts through the failing transaction (`ApplyError::duplicate_key_at`).
     upsert_until: Lsn,
     /// Consecutive inserts into one table, sent as one multi-row statement.
     batch: Option<InsertBatch>,
