@@ -1,4 +1,5 @@
-//! Crash safety and progress (invariants 1, 2, 5 and 7): pgsieve killed with
+//! Crash safety and progress (ARCHITECTURE.md, "Invariants": no leak, nothing
+//! lost, bounded memory, the slot keeps moving): pgsieve killed with
 //! SIGKILL at seeded random points of a mixed Conjur workload (with its 100 k-row
 //! streamed policy load, filtered or not), during a filtered initial copy and
 //! during backfills, the leader and a follower restarted under it, idle periods
@@ -872,7 +873,7 @@ async fn slot_keeps_moving_when_idle_and_when_everything_is_filtered() {
     assert_eq!(pgsieve.terminate(Duration::from_secs(20)), Some(0));
 }
 
-/// Peak memory of pgsieve applying one 1 M-row transaction (invariant 5). Run with
+/// Peak memory of pgsieve applying one 1 M-row transaction ("bounded memory"). Run with
 /// `cargo nextest run -p pgsieve-tests --run-ignored only --no-capture one_million_row_transaction`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "several minutes; run on demand (see the doc comment)"]

@@ -264,7 +264,7 @@ fn table_diff(
     ))
 }
 
-/// Oracle test (issue 6): with every table published and no filter in play, a
+/// Oracle test: with every table published and no filter in play, a
 /// follower fed by pgsieve ends equal, table by table, to a follower fed by
 /// PostgreSQL's native logical replication from the same leader, after the mixed
 /// Conjur workload (a 100 k-row policy load streamed as one transaction, rotations,

@@ -1,4 +1,4 @@
-//! The filtered initial copy (DESIGN.md "Initial copy steps").
+//! The filtered initial copy (ARCHITECTURE.md, "Session start and gaps").
 //!
 //! Every published table is copied from the slot's exported snapshot with
 //! `COPY … TO STDOUT` into `COPY … FROM STDIN` on the follower, inside one

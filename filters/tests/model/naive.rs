@@ -1,4 +1,4 @@
-//! The rule of DESIGN.md / conjur-schema.md §3 evaluated literally: fixpoint closure of the
+//! The replica-set rule (README.md; ARCHITECTURE.md, "Trust model") evaluated literally: fixpoint closure of the
 //! data group over the membership rows, then owner-or-privilege over the tables.
 
 use pgsieve_filters::{ReplicaSetSpec, Rule};

@@ -474,7 +474,7 @@ async fn setup_native(
 
 /// The tables `is_resource_visible` reads: in the seed they must be
 /// `user_catalog_table`, or the walsender's historic snapshot does not see grants
-/// made after the slot (postgres-local.md §4, pitfall 2).
+/// made after the slot.
 pub const PGLOGICAL_CATALOG_TABLES: [&str; 3] = ["permissions", "role_memberships", "resources"];
 
 /// The pglogical provider on the leader (once per case, before any engine):

@@ -2,7 +2,7 @@
 `pgsieve bench`: end-to-end backlog catch-up of pgsieve against PostgreSQL
 native logical replication, pglogical 2 (when installed) and a raw reader
 (the ceiling), on fresh throwaway clusters, with CPU and memory figures, and a
-grant/revoke latency probe. Issue 9.
+grant/revoke latency probe (README.md, "Bench").
 
 - [`workloads`]: what is written (W1–W4), sizes, expected follower contents.
 - [`engines`]: setting up, pausing and resuming each engine.
@@ -73,7 +73,7 @@ impl BenchError {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Sizes (issue 9's, or `--quick`'s).
+    /// Sizes (the full ones, or `--quick`'s).
     pub sizes: Sizes,
     /// Whether these are the quick sizes (recorded in the report).
     pub quick: bool,

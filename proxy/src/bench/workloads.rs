@@ -33,7 +33,7 @@ pub const PRIVATE: &str = "private";
 /// The replica set's short name.
 pub const SET_NAME: &str = "bench";
 
-/// One of the four workloads (issue 9).
+/// One of the four workloads (README.md, "Bench").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 pub enum Workload {
     /// Single-row secret rotations, one transaction each.
@@ -106,7 +106,7 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// Issue 9's sizes.
+    /// The full sizes (README.md, "Bench").
     pub fn full() -> Sizes {
         Sizes {
             w1_transactions: 200_000,

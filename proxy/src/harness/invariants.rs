@@ -1,14 +1,15 @@
 /*!
-Checks of the design's progress invariants from outside the process, the way an
-operator would see them: the leader's slot (`pg_replication_slots`) and each follower's
-replication origin (`pg_replication_origin_progress(origin, true)`).
+Checks of pgsieve's progress invariants (ARCHITECTURE.md, "Invariants") from
+outside the process, the way an operator would see them: the leader's slot
+(`pg_replication_slots`) and each follower's replication origin
+(`pg_replication_origin_progress(origin, true)`).
 
-- Invariant 2 (nothing lost): the slot's `confirmed_flush_lsn` is never ahead of what a
+- Nothing lost: the slot's `confirmed_flush_lsn` is never ahead of what a
   follower has durably recorded. [`slot_flush_not_ahead`] takes one sample;
   [`FlushWatch`] samples continuously in the background (through crashes and restarts
   of pgsieve, the leader or a follower) and reports every violation it saw.
-- Invariant 7 (the slot keeps moving): [`wait_slot_flush_at_least`].
-- Invariant 1 (no leak): [`never_granted_rows`] takes one sample of a follower's
+- The slot keeps moving: [`wait_slot_flush_at_least`].
+- No leak: [`never_granted_rows`] takes one sample of a follower's
   `secrets` rows of variables a test never grants to its replica set; [`LeakWatch`]
   samples continuously (through kills and restarts) and reports every row it saw —
   variable, row count, versions and time, never a value.
@@ -94,7 +95,7 @@ pub async fn current_wal_insert_lsn(leader: &impl GenericClient) -> Result<Lsn, 
     parse_lsn(row.get(0))
 }
 
-/// One sample of invariant 2 for one follower: reads the slot, then the origin.
+/// One sample of "nothing lost" for one follower: reads the slot, then the origin.
 pub async fn slot_flush_not_ahead(
     leader: &impl GenericClient,
     follower: &impl GenericClient,
@@ -109,7 +110,7 @@ pub async fn slot_flush_not_ahead(
     })
 }
 
-/// Waits until the slot's `confirmed_flush_lsn` reaches `target` (invariant 7: the
+/// Waits until the slot's `confirmed_flush_lsn` reaches `target` ("the slot keeps moving": the
 /// slot moves even when nothing is forwarded). Returns the position reached.
 pub async fn wait_slot_flush_at_least(
     leader: &impl GenericClient,
@@ -158,7 +159,7 @@ pub struct FlushReport {
     pub violations: Vec<String>,
 }
 
-/// A background task sampling invariant 2 every `interval` until stopped. It opens its
+/// A background task sampling "nothing lost" every `interval` until stopped. It opens its
 /// own connections and reopens them after errors, so it keeps watching while
 /// pgsieve, the leader or a follower is killed and restarted.
 #[derive(Debug)]
@@ -287,7 +288,7 @@ pub struct LeakedRows {
     pub at: String,
 }
 
-/// One sample of invariant 1 on one follower, in one query: the `secrets` rows of
+/// One sample of "no leak" on one follower, in one query: the `secrets` rows of
 /// `never_granted` (variables that are never in the follower's replica set, so the
 /// follower must never hold any row of them), grouped by variable. Empty when clean.
 pub async fn never_granted_rows(
@@ -339,7 +340,7 @@ pub struct LeakReport {
     pub violations: Vec<String>,
 }
 
-/// A background task sampling invariant 1 every `interval` until stopped: each
+/// A background task sampling "no leak" every `interval` until stopped: each
 /// sample runs one query per follower counting `secrets` rows of that follower's
 /// never-granted variables; any row is a violation. Opens its own connections and
 /// reopens them after errors, so it keeps watching while pgsieve (or a follower) is

@@ -5,7 +5,7 @@ leader with one SQL query (a recursive CTE and two lookups), independent of the
 `filters` crate and of the schema's own authorization functions. Tests compare what a
 follower holds with this.
 
-Rule (DESIGN.md, conjur-schema.md §3): the closure of data group G is G plus every role
+Rule (README.md, first section; ARCHITECTURE.md, "Trust model"): the closure of data group G is G plus every role
 reachable by following `role_memberships` from `member_id` to `role_id` (ownership rows
 included). Variable V is in the set when its owner is in the closure, or a role in the
 closure holds `execute` on V ([`OracleRule::Execute`]) or any privilege on V

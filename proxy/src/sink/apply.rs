@@ -41,7 +41,7 @@ pub struct ApplyContext {
 const MAX_IN_FLIGHT: usize = 1024;
 /// Parameter values those statements may carry in all: bounds the encoded
 /// rows waiting in the connection's queue (a few MiB), whatever the
-/// statement shapes (invariant 5, bounded memory).
+/// statement shapes (ARCHITECTURE.md, "Invariants": bounded memory).
 const MAX_VALUES_IN_FLIGHT: usize = 32 * 1024;
 
 /// A failure of the follower sink.
@@ -357,7 +357,7 @@ pub struct Sink {
     /// before the leader WAL position read after it; each backfill moves
     /// this bound there. (Replays after a restart are skipped by origin, so
     /// they never overlap.) A duplicate key anyway restarts the follower
-    /// with upserts through the failing transaction (`ApplyError::is_duplicate_key`).
+    /// with upserts through the failing transaction (`ApplyError::duplicate_key_at`).
     upsert_until: Lsn,
     /// Consecutive inserts into one table, sent as one multi-row statement.
     batch: Option<InsertBatch>,
@@ -477,11 +477,6 @@ impl Sink {
         &self.metrics
     }
 
-    /// Shared durable progress.
-    pub fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-
     /// Whether a follower transaction is open between two leader
     /// transactions: the caller should commit it when no more events are
     /// ready.
@@ -499,7 +494,8 @@ impl Sink {
         }
     }
 
-    async fn push(
+    /// Sends one statement through the pipeline.
+    pub(crate) async fn push(
         &mut self,
         statement: &Statement,
         params: Vec<WireValue>,
@@ -1073,19 +1069,6 @@ impl Sink {
     /// before it, so their inserts must be upserts.
     pub(crate) fn backfilled_through(&mut self, lsn: Lsn) {
         self.upsert_until = self.upsert_until.max(lsn);
-    }
-
-    pub(crate) fn follower_name(&self) -> &str {
-        &self.follower
-    }
-
-    pub(crate) async fn push_sql(
-        &mut self,
-        statement: &Statement,
-        params: Vec<WireValue>,
-        context: ApplyContext,
-    ) -> Result<(), ApplyError> {
-        self.push(statement, params, context).await
     }
 
     pub(crate) async fn push_future(

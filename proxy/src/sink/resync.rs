@@ -146,7 +146,7 @@ impl Resync {
         flips: &[&Flip],
     ) -> Result<u64, ApplyError> {
         let client = sink.client().clone();
-        let follower = sink.follower_name().to_owned();
+        let follower = sink.follower().to_owned();
         let prepared = self.prepare(&client, &follower).await?;
         let (delete, insert, select) = (
             prepared.table.delete.clone(),
@@ -192,7 +192,7 @@ impl Resync {
         )
         .await?;
         let any = self.set.rule == Rule::Any;
-        let follower = sink.follower_name().to_owned();
+        let follower = sink.follower().to_owned();
         let leader_err = |op: &'static str| {
             let follower = follower.clone();
             move |source| ApplyError::Statement {
@@ -208,7 +208,7 @@ impl Resync {
             .map_err(leader_err("resync wait for the leader commit"))?;
         if !visible {
             return Err(ApplyError::Invalid {
-                follower: sink.follower_name().to_owned(),
+                follower: sink.follower().to_owned(),
                 commit_lsn,
                 what: format!(
                     "leader transaction {xid} was still invisible to new snapshots after \
@@ -230,7 +230,7 @@ impl Resync {
                 .map_err(leader_err("resync read from leader"))?;
             copied += rows.len() as u64;
             for row in rows {
-                sink.push_sql(
+                sink.push(
                     &insert,
                     SecretsTable::insert_params(&row),
                     context("resync copy"),
@@ -248,7 +248,7 @@ impl Resync {
             .map_err(leader_err("resync read from leader"))?
             .get(0);
         let after: Lsn = after.parse().map_err(|_| ApplyError::Invalid {
-            follower: sink.follower_name().to_owned(),
+            follower: sink.follower().to_owned(),
             commit_lsn,
             what: format!("the leader returned an unreadable WAL position {after:?}"),
         })?;

@@ -1,7 +1,7 @@
 //! The streaming halves after `START_REPLICATION`: [`ReplicationStream`]
 //! reads CopyData, [`StatusSender`] writes it.
 //!
-//! They are independent on purpose (pgoutput-notes §3.1): when the pipeline
+//! They are independent on purpose (ARCHITECTURE.md, "Data flow"): when the pipeline
 //! is full the run loop stops reading, TCP flow control holds the walsender,
 //! and the feedback timer must still get its standby status updates out, or
 //! `wal_sender_timeout` kills the session. The write half lives in its own

@@ -1,6 +1,6 @@
 /*!
 What a column value prints as in the tap: the one place that knows which
-columns hold secret material (invariant 9: secret values never reach logs).
+columns hold secret material (ARCHITECTURE.md, "Invariants": no values in logs).
 
 Conjur encrypts five kinds of value with slosilo: `secrets.value`,
 `credentials.api_key` and `credentials.encrypted_hash`,
