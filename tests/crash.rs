@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::cluster::{CONJUR_DB, Cluster};
 use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::conjur::ReplicaSet;
@@ -27,7 +28,6 @@ use pgsieve::harness::workload::{
     Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
 };
 use pgsieve::harness::{OracleRule, Topology, wait_initial_copy};
-use pgsieve::conjur::CONJUR_TABLES;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::Client;

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::Topology;
 use pgsieve::harness::cluster::{CONJUR_DB, Cluster, REPLICATOR_PASSWORD, REPLICATOR_ROLE};
 use pgsieve::harness::compare::follower_diff;
@@ -17,7 +18,6 @@ use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{PgsieveProcess, run_pgsieve_with_env};
 use pgsieve::harness::workload::{Change, apply_changes, create_replica_set, grant_layers_to_sets};
-use pgsieve::conjur::CONJUR_TABLES;
 
 use crate::replication::wait_caught_up;
 use crate::support::ok;

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::cluster::{CONJUR_DB, Cluster, REPLICATOR_PASSWORD, REPLICATOR_ROLE};
 use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::rotate_secret;
-use pgsieve::conjur::CONJUR_TABLES;
 
 use crate::replication::wait_caught_up;
 use crate::support::sampler::Sampler;

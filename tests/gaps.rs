@@ -313,13 +313,13 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_removed_from_a_hub_and_added_back_is_resynced() {
+    use pgsieve::conjur::CONJUR_TABLES;
     use pgsieve::harness::Topology;
     use pgsieve::harness::compare::follower_diff;
     use pgsieve::harness::conjur::ReplicaSet;
     use pgsieve::harness::generate::PolicySpec;
     use pgsieve::harness::process::{FollowerEntry, PgsieveConfig};
     use pgsieve::harness::workload::{create_replica_set, grant_layers_to_sets};
-    use pgsieve::conjur::CONJUR_TABLES;
 
     use crate::replication::wait_caught_up;
 

@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::cluster::{CONJUR_DB, REPLICATOR_PASSWORD};
 use pgsieve::harness::conjur::{self, ReplicaSet};
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::workload::{self, Change};
 use pgsieve::harness::{Cluster, ClusterSpec, Topology};
-use pgsieve::conjur::CONJUR_TABLES;
 
 use crate::support::{accepts_connections, ok};
 

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::conjur::ReplicaSet;
@@ -19,7 +20,6 @@ use pgsieve::harness::workload::{
     Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
 };
 use pgsieve::harness::{Topology, wait_initial_copy};
-use pgsieve::conjur::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;

@@ -7,13 +7,13 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::Topology;
 use pgsieve::harness::cluster::{CONJUR_DB, Cluster, ClusterSpec};
 use pgsieve::harness::conjur::{id, prepare_conjur, prepare_leader};
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess, run_pgsieve};
 use pgsieve::harness::topology::DEFAULT_PUBLICATION;
 use pgsieve::harness::workload::{PolicyLoad, add_secret, create_account, load_policy};
-use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve_protocol::Lsn;
 
 use crate::support::ok;
@@ -137,8 +137,8 @@ async fn check_names_the_column_a_follower_lacks() {
     assert_eq!(
         fail_lines(&stdout),
         vec![
-            "FAIL  follower f1: schema: table public.secrets lacks column expires_at \
-             (timestamp without time zone)"
+            "FAIL  follower f1: schema: table public.secrets: the follower has no column \
+             \"expires_at\" (leader type timestamp without time zone)"
         ],
         "{stdout}"
     );

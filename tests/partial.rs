@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::Topology;
 use pgsieve::harness::cluster::{CONJUR_DB, connect_url};
 use pgsieve::harness::compare::follower_diff;
@@ -27,7 +28,6 @@ use pgsieve::harness::workload::{
     Change, add_secret, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
     set_expiration,
 };
-use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::compare::dump_table;
 use pgsieve::harness::conjur::id;
@@ -13,7 +14,6 @@ use pgsieve::harness::workload::{
     PolicyLoad, add_secret, create_account, load_policy, rotate_secret, set_expiration,
 };
 use pgsieve::harness::{self, Topology};
-use pgsieve::conjur::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use crate::support::mix::{Mix, streaming_topology};

@@ -272,9 +272,9 @@ async fn every_command_runs_over_verified_tls() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting pgsieve tap");
-    crate::ops::tap::wait_for_tap_slots(&leader, 1, &mut [&mut tap]).await;
+    crate::tap::wait_for_tap_slots(&leader, 1, &mut [&mut tap]).await;
     ok(add_secret(&mut leader, &spec.variable(1, 0), b"tapped").await);
-    let (tapped, _) = crate::ops::tap::finish(tap, TIMEOUT);
+    let (tapped, _) = crate::tap::finish(tap, TIMEOUT);
     assert!(tapped.contains("\"type\":\"begin\""), "{tapped}");
 
     // Metrics: the token guards /metrics; /readyz without it says only

@@ -13,7 +13,7 @@ use pgsieve::harness::compare::expected_secrets;
 use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::PolicySpec;
 use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
-use pgsieve::harness::oracle::{OracleRule, variables_in_set};
+use pgsieve::harness::oracle::{OracleRule, resources_in_set};
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess, run_pgsieve};
 use pgsieve::harness::workload::{
     Change, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
@@ -474,7 +474,7 @@ async fn the_model_built_at_every_restart_is_the_leaders() {
         let starts = pgsieve.log().matches("Starting replication.").count();
         ok(pgsieve.start_again());
         wait_streaming(&pgsieve, starts + 1);
-        let oracle = ok(variables_in_set(&scene.leader, &group, OracleRule::Execute).await);
+        let oracle = ok(resources_in_set(&scene.leader, &group, OracleRule::Execute).await);
         let ids: Vec<&str> = oracle.iter().map(String::as_str).collect();
         let want = (ids.len(), format!("{:016x}", ids_digest(&ids)));
         assert_eq!(

@@ -28,8 +28,8 @@ pub mod report;
 pub mod roster;
 pub mod run;
 pub mod sink;
-pub mod sql;
 pub mod source;
+pub mod sql;
 pub mod txn;
 
 #[cfg(feature = "harness")]

@@ -132,8 +132,12 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| error_chain(&e))?;
             match format {
-                cli::StatusFormat::Text => print!("{}", pgsieve::ops::verify::render_text(&verdicts)),
-                cli::StatusFormat::Json => println!("{}", pgsieve::ops::verify::render_json(&verdicts)),
+                cli::StatusFormat::Text => {
+                    print!("{}", pgsieve::ops::verify::render_text(&verdicts))
+                }
+                cli::StatusFormat::Json => {
+                    println!("{}", pgsieve::ops::verify::render_json(&verdicts))
+                }
             }
             let differ: Vec<&str> = verdicts
                 .iter()

@@ -28,6 +28,9 @@ mod tests {
     fn quotes_always_and_doubles_quotes() {
         assert_eq!(quote_ident("secrets"), "\"secrets\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(qualified_name("public", "Secrets"), "\"public\".\"Secrets\"");
+        assert_eq!(
+            qualified_name("public", "Secrets"),
+            "\"public\".\"Secrets\""
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pgsieve::conjur::CONJUR_TABLES;
 use pgsieve::harness::Topology;
 use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::conjur::ReplicaSet;
@@ -10,7 +11,6 @@ use pgsieve::harness::generate::{PolicySpec, Population};
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess};
 use pgsieve::harness::workload::{create_replica_set, grant_layers_to_sets};
-use pgsieve::conjur::CONJUR_TABLES;
 use tokio_postgres::Client;
 
 use super::ok;

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::config::{Config, RawConfig};
+use crate::conjur::CONJUR_TABLES;
 use crate::harness::compare::follower_diff;
 use crate::harness::conjur::ReplicaSet;
 use crate::harness::generate::{PolicySpec, Population};
@@ -30,7 +31,6 @@ use crate::harness::workload::{Change, apply_changes, create_replica_set};
 use crate::harness::{
     HarnessError, OracleRule, Topology, variables_in_set, wait_caught_up, wait_initial_copy,
 };
-use crate::conjur::CONJUR_TABLES;
 
 /// How long any single wait (catch-up, a grant or revoke arriving) may take before the
 /// demo gives up: far above what a healthy local setup needs.

@@ -16,8 +16,8 @@ use tokio_postgres::Client;
 
 use crate::bootstrap::{BootstrapError, model_from_tables};
 use crate::config::Config;
-use crate::copy::{PublishedTable, published_tables};
 use crate::conn::{ConnectError, connect_sql};
+use crate::copy::{PublishedTable, published_tables};
 use crate::source::SourceConfig;
 use crate::source::SourceError;
 

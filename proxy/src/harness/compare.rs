@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::GenericClient;
 
 use super::error::{HarnessError, PgContext};
-use super::oracle::{OracleRule, variables_in_set};
+use super::oracle::{OracleRule, resources_in_set};
 
 /// Every row of `public.<table>` as its text form (`(a,b,…)`), sorted by that text.
 pub async fn dump_table(
@@ -37,7 +37,7 @@ pub async fn expected_secrets(
     rule: OracleRule,
     always: &[&str],
 ) -> Result<Vec<String>, HarnessError> {
-    let in_set = variables_in_set(leader, data_group, rule).await?;
+    let in_set = resources_in_set(leader, data_group, rule).await?;
     let rows = leader
         .query(
             "SELECT s::text, s.resource_id FROM public.secrets s ORDER BY 1",

@@ -38,6 +38,7 @@ WITH RECURSIVE closure(role_id) AS (
 SELECT r.resource_id
 FROM resources r
 WHERE split_part(r.resource_id, ':', 2) <> 'public_key'
+  AND ($3::bool OR split_part(r.resource_id, ':', 2) = 'variable')
   AND (r.owner_id IN (SELECT role_id FROM closure)
        OR EXISTS (SELECT 1 FROM permissions p
                   WHERE p.resource_id = r.resource_id
@@ -45,16 +46,35 @@ WHERE split_part(r.resource_id, ':', 2) <> 'public_key'
                     AND ($2::bool OR p.privilege = 'execute')))
 ";
 
-/// The ids of the resources (every kind but `public_key`; named for the usual kind) in
-/// the set of `data_group` under `rule`, as of the client's snapshot.
+/// The ids of the variables in the set of `data_group` under `rule`, as of the
+/// client's snapshot.
 pub async fn variables_in_set(
     client: &impl GenericClient,
     data_group: &str,
     rule: OracleRule,
 ) -> Result<BTreeSet<String>, HarnessError> {
+    in_set(client, data_group, rule, false).await
+}
+
+/// The ids of the resources of every kind but `public_key` in the set of
+/// `data_group` under `rule` (what a follower may hold secrets of).
+pub async fn resources_in_set(
+    client: &impl GenericClient,
+    data_group: &str,
+    rule: OracleRule,
+) -> Result<BTreeSet<String>, HarnessError> {
+    in_set(client, data_group, rule, true).await
+}
+
+async fn in_set(
+    client: &impl GenericClient,
+    data_group: &str,
+    rule: OracleRule,
+    every_kind: bool,
+) -> Result<BTreeSet<String>, HarnessError> {
     let any = rule == OracleRule::Any;
     let rows = client
-        .query(QUERY, &[&data_group, &any])
+        .query(QUERY, &[&data_group, &any, &every_kind])
         .await
         .ctx(|| format!("oracle query for {data_group}"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

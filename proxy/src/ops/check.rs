@@ -18,11 +18,11 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::{Config, FollowerConfig};
+use crate::conjur::CONJUR_TABLES;
 use crate::conjur::PublicationFacts;
 use crate::sink::catalog::{CatalogColumn, column_mismatches};
-use crate::sql::quote_ident;
-use crate::conjur::CONJUR_TABLES;
 use crate::source::{ReplicationConnection, SourceConfig};
+use crate::sql::quote_ident;
 
 /// How long one connection attempt may take before the check reports it as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -411,13 +411,9 @@ pub fn compare_schemas(
                 .collect()
         };
         mismatches.extend(
-            column_mismatches(
-                &format!("public.{table}"),
-                &columns(lcols),
-                &columns(fcols),
-            )
-            .iter()
-            .map(ToString::to_string),
+            column_mismatches(&format!("public.{table}"), &columns(lcols), &columns(fcols))
+                .iter()
+                .map(ToString::to_string),
         );
     }
     if mismatches.is_empty() {
@@ -870,7 +866,6 @@ pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     }
     e.to_string()
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -19,10 +19,10 @@ follower as a gap.
 use tokio_postgres::error::SqlState;
 
 use crate::config::Config;
+use crate::conn::{ConnectError, connect_sql};
 use crate::diff::progress::TableProgress;
 use crate::diff::snapshot::{LeaderSnapshot, SnapshotError};
 use crate::diff::{DiffError, DiffReport, DiffSpec, Mode, Reporter, diff_follower};
-use crate::conn::{ConnectError, connect_sql};
 use crate::sink::origin::setup_apply_session;
 
 /// Why the resync did not happen (nothing was written).

@@ -19,10 +19,10 @@ use pgsieve_protocol::Lsn;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::ops::check::{connect, db_message};
 use crate::config::{Config, FollowerConfig};
 use crate::metrics::RuntimeStatus;
 use crate::metrics::followers::Event;
+use crate::ops::check::{connect, db_message};
 
 /// Renders `t` as UTC RFC 3339 with microseconds, in SQL (no date library needed).
 const RFC3339_UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"#;

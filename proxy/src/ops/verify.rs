@@ -45,11 +45,11 @@ use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
 
 use crate::config::{Config, FollowerConfig};
+use crate::conn::{ConnectError, connect_sql};
 use crate::diff::compare::{DiffKind, Difference, Key};
 use crate::diff::progress::TableProgress;
 use crate::diff::snapshot::{LeaderSnapshot, SnapshotError};
 use crate::diff::{DiffError, DiffReport, DiffSpec, Mode, Reporter, diff_follower};
-use crate::conn::{ConnectError, connect_sql};
 
 /// Options of `pgsieve verify`.
 #[derive(Debug, Clone)]

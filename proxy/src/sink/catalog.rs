@@ -99,7 +99,10 @@ pub fn check_columns(
     leader: &[CatalogColumn],
     follower: &[CatalogColumn],
 ) -> Result<(), SchemaMismatch> {
-    match column_mismatches(table, leader, follower).into_iter().next() {
+    match column_mismatches(table, leader, follower)
+        .into_iter()
+        .next()
+    {
         Some(mismatch) => Err(mismatch),
         None => Ok(()),
     }

@@ -166,9 +166,7 @@ pub async fn open_live(config: &Config) -> Result<Opened, TapError> {
     let snapshot = created.snapshot_name.clone().ok_or_else(|| {
         TapError::Setup("the leader exported no snapshot for the tap slot".into())
     })?;
-    let leader = connect_sql(&config.leader.pg, "the leader")
-        .await
-        ?;
+    let leader = connect_sql(&config.leader.pg, "the leader").await?;
     leader
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
