@@ -21,12 +21,14 @@ use pgsieve::harness::cluster::{CONJUR_DB, connect_url};
 use pgsieve::harness::compare::follower_diff;
 use pgsieve::harness::conjur::ReplicaSet;
 use pgsieve::harness::generate::PolicySpec;
+use pgsieve::harness::invariants::origin_progress;
 use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{FollowerEntry, PgsieveConfig, PgsieveProcess, run_pgsieve};
 use pgsieve::harness::workload::{
     Change, add_secret, apply_changes, create_replica_set, grant_layers_to_sets, rotate_secret,
     set_expiration,
 };
+use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
@@ -376,6 +378,25 @@ async fn verify_names_planted_differences_and_resync_writes_only_them() {
     let (code, out, err) = pgsieve_cmd(&["verify"], &config);
     assert_eq!(code, Some(0), "verify after resync:\n{out}\n{err}");
     assert_oracle_equal(&f, "resync").await;
+
+    // Nothing differs now: a resync writes no row but still moves the origin
+    // (its transaction takes an xid so PostgreSQL keeps the progress).
+    ok(rotate_secret(&f.leader, &never, b"unseen", None).await);
+    let (code, out, err) = pgsieve_cmd(&["resync", "--follower", "f1"], &config);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let target: Lsn = out
+        .split("resynced to ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|lsn| lsn.parse().ok())
+        .unwrap_or_else(|| panic!("no target in the summary:\n{out}"));
+    assert!(out.contains(", 0 rows written"), "{out}");
+    let origin = ok(origin_progress(&f.follower, ORIGIN).await);
+    assert_eq!(
+        origin,
+        Some(target),
+        "the origin moved to the snapshot's position"
+    );
 
     // run resumes from the moved origin.
     ok(f.pgsieve.start_again());

@@ -98,8 +98,7 @@ impl<'c> Writer<'c> {
         });
         changed += try_join_all(deletes).await.map_err(f)?.iter().sum::<u64>();
 
-        // Leader rows for the rest: by key (a table without one carries
-        // the whole row in its key already).
+        // Leader rows for the rest, by key (or row hash).
         let wanted: Vec<&Difference> = differences
             .iter()
             .filter(|d| d.kind != DiffKind::Extra)
@@ -107,25 +106,20 @@ impl<'c> Writer<'c> {
         if wanted.is_empty() {
             return Ok(changed);
         }
-        let rows: HashMap<Key, Vec<Option<String>>> = if plan.has_primary_key {
-            let keys: Vec<Key> = wanted.iter().map(|d| d.key.clone()).collect();
-            let columns = key_columns(plan.key_len(), &keys);
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
-                .iter()
-                .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            let fetched = self
-                .leader
-                .query(&self.fetch, &params)
-                .await
-                .map_err(|e| WriteError::Sql(Side::Leader, e))?;
-            fetched.iter().map(|r| self.keyed(r)).collect()
-        } else {
-            wanted
-                .iter()
-                .map(|d| (d.key.clone(), d.key.clone()))
-                .collect()
-        };
+        let keys: Vec<Key> = wanted.iter().map(|d| d.key.clone()).collect();
+        let columns = key_columns(plan.key_len(), &keys);
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
+            .iter()
+            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows: HashMap<Key, Vec<Option<String>>> = self
+            .leader
+            .query(&self.fetch, &params)
+            .await
+            .map_err(|e| WriteError::Sql(Side::Leader, e))?
+            .iter()
+            .map(|r| self.keyed(r))
+            .collect();
         if let (Some(i), Some(bit)) = (plan.filter_key, set_bit) {
             let column = plan.key[i];
             for values in rows.values() {
@@ -153,6 +147,7 @@ impl<'c> Writer<'c> {
                     updates.push(self.follower.execute_raw(update, params));
                 }
                 _ => {
+                    // A row missing twice (no key) is inserted twice.
                     let params: Vec<WireValue> =
                         values.iter().map(|v| wire(v.as_deref())).collect();
                     inserts.push(self.follower.execute_raw(&self.insert, params));
@@ -164,17 +159,21 @@ impl<'c> Writer<'c> {
         Ok(changed)
     }
 
-    /// A fetched leader row: its key texts and every column's text.
+    /// A fetched leader row: its key texts (or hash) and every column's text.
     fn keyed(&self, row: &Row) -> (Key, Vec<Option<String>>) {
-        let values: Vec<Option<String>> = (0..self.plan.columns.len())
+        let width = self.plan.columns.len();
+        let values: Vec<Option<String>> = (0..width)
             .map(|i| row.get::<_, Option<String>>(i))
             .collect();
-        let key = self
-            .plan
-            .key
-            .iter()
-            .map(|&i| values.get(i).cloned().flatten())
-            .collect();
+        let key = if self.plan.has_primary_key {
+            self.plan
+                .key
+                .iter()
+                .map(|&i| values.get(i).cloned().flatten())
+                .collect()
+        } else {
+            vec![row.get::<_, Option<String>>(width)]
+        };
         (key, values)
     }
 }

@@ -56,7 +56,7 @@ pub enum DiffKind {
 pub struct Difference {
     /// What differs.
     pub kind: DiffKind,
-    /// The row's key texts (every column for a table without a key).
+    /// The row's key texts (the md5 of the row for a table without a key).
     pub key: Key,
     /// Leader row hash (`None`: no leader row, or no key).
     pub leader_hash: Option<String>,

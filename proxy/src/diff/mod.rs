@@ -21,7 +21,11 @@ differences (DESIGN.md "Gaps"); read-only, the same comparison is
 - `leader`: inside `BEGIN ISOLATION LEVEL REPEATABLE READ [READ ONLY]; SET
   TRANSACTION SNAPSHOT '…'` (the snapshot the model was built in and the
   `target` LSN belongs to). The engine adds `SET LOCAL` output settings and
-  declares cursors in that transaction; the caller ends it.
+  declares cursors in that transaction; the caller ends it. One diff at a
+  time per leader session (fixed cursor names): to resync several followers
+  at once, import the same exported snapshot into one session each. Nothing
+  else may use the session meanwhile (its statements would run in the
+  snapshot).
 - `follower`, to apply: an apply session ([`crate::sink::origin::setup_apply_session`]:
   `session_replication_role = replica`, the origin bound), no transaction
   open. The engine opens ONE transaction, writes the differences, moves the

@@ -8,7 +8,8 @@ in), `NULLS FIRST` (as `Option` orders), and the rest of the row travels as
 one `md5` of the record of the leader's columns as text. A follower column
 the leader lacks is ignored; types are never compared by OID (`hstore` and
 Conjur's enums differ per database). A table without a primary key
-(`policy_log`) is keyed by all of its columns and compared as a multiset.
+(`policy_log`) is keyed by that row hash alone and compared as a multiset:
+one narrow column to sort and send, whatever the width of its rows.
 */
 
 use crate::copy::PublishedTable;
@@ -24,10 +25,11 @@ pub struct TablePlan {
     pub name: String,
     /// The leader's columns, in attribute order.
     pub columns: Vec<CatalogColumn>,
-    /// Indices into `columns` of the key: the primary key, or every column
-    /// when the table has none.
+    /// Indices into `columns` of the primary key; empty when the table has
+    /// none (its key is then the row hash).
     pub key: Vec<usize>,
-    /// Whether `key` is a primary key (rows have a hash and can differ).
+    /// Whether the table has a primary key (rows can then differ; without
+    /// one a row is only missing or extra).
     pub has_primary_key: bool,
     /// Position in `key` of `resource_id` when rows are filtered by the
     /// replica set (`secrets` of a filtered follower).
@@ -38,13 +40,10 @@ impl TablePlan {
     /// The plan of `table` from its leader columns; `filtered` when its rows
     /// pass the replica-set decision (`secrets`).
     pub fn new(table: &PublishedTable, columns: Vec<CatalogColumn>, filtered: bool) -> Self {
-        let mut key: Vec<usize> = (0..columns.len())
+        let key: Vec<usize> = (0..columns.len())
             .filter(|&i| columns[i].is_primary_key)
             .collect();
         let has_primary_key = !key.is_empty();
-        if !has_primary_key {
-            key = (0..columns.len()).collect();
-        }
         let filter_key = if filtered {
             key.iter().position(|&i| columns[i].name == "resource_id")
         } else {
@@ -63,15 +62,31 @@ impl TablePlan {
     /// Number of leading key columns in a compared row (the hash follows
     /// them when [`Self::has_primary_key`]).
     pub fn key_len(&self) -> usize {
-        self.key.len()
+        if self.has_primary_key {
+            self.key.len()
+        } else {
+            1
+        }
     }
 
     fn col(&self, i: usize) -> String {
         quote_ident(&self.columns[i].name)
     }
 
-    /// `t."c"::text` of each key column.
+    /// `md5` of the record of every leader column as text.
+    fn row_hash(&self) -> String {
+        let all = (0..self.columns.len())
+            .map(|i| format!("t.{}::text", self.col(i)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("md5(ROW({all})::text)")
+    }
+
+    /// The key expressions: `t."c"::text` of each key column, or the row hash.
     fn key_exprs(&self) -> Vec<String> {
+        if !self.has_primary_key {
+            return vec![self.row_hash()];
+        }
         self.key
             .iter()
             .map(|&i| format!("t.{}::text", self.col(i)))
@@ -83,11 +98,7 @@ impl TablePlan {
     fn select_list(&self) -> String {
         let mut list = self.key_exprs();
         if self.has_primary_key {
-            let all = (0..self.columns.len())
-                .map(|i| format!("t.{}::text", self.col(i)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            list.push(format!("md5(ROW({all})::text)"));
+            list.push(self.row_hash());
         }
         list.join(", ")
     }
@@ -110,11 +121,19 @@ impl TablePlan {
         )
     }
 
-    /// The rows whose keys are given as one `text[]` parameter per key
-    /// column (`$1`, `$2`, …), in key order. With a primary key the lookup
-    /// casts the texts to the leader's column types (so the key's index
-    /// serves it); without one, rows are matched by their text.
-    pub fn lookup_sql(&self) -> String {
+    /// `FROM` and `WHERE` of the rows whose keys are given as one `text[]`
+    /// parameter per key column (`$1`, `$2`, …). With a primary key the
+    /// lookup casts the texts to the leader's column types (so the key's
+    /// index serves it); without one, rows are matched by their hash (every
+    /// copy of a duplicated row comes back).
+    fn lookup_from(&self) -> String {
+        if !self.has_primary_key {
+            return format!(
+                "FROM {} t WHERE {} = ANY($1::text[])",
+                self.table,
+                self.row_hash()
+            );
+        }
         let unnest = (1..=self.key.len())
             .map(|n| format!("${n}::text[]"))
             .collect::<Vec<_>>()
@@ -127,44 +146,37 @@ impl TablePlan {
             .key
             .iter()
             .enumerate()
-            .map(|(n, &i)| {
-                if self.has_primary_key {
-                    format!("t.{} = k.k{n}::{}", self.col(i), self.columns[i].type_name)
-                } else {
-                    format!("t.{}::text IS NOT DISTINCT FROM k.k{n}", self.col(i))
-                }
-            })
+            .map(|(n, &i)| format!("t.{} = k.k{n}::{}", self.col(i), self.columns[i].type_name))
             .collect::<Vec<_>>()
             .join(" AND ");
-        // Without a key, each distinct row is looked up once: duplicates in
-        // the table come back as duplicates, not multiplied by the list.
-        let keys = if self.has_primary_key {
-            format!("unnest({unnest}) AS k({names})")
-        } else {
-            format!("(SELECT DISTINCT * FROM unnest({unnest}) AS u({names})) AS k")
-        };
         format!(
-            "SELECT {} FROM {} t JOIN {keys} ON {on} ORDER BY {}",
+            "FROM {} t JOIN unnest({unnest}) AS k({names}) ON {on}",
+            self.table
+        )
+    }
+
+    /// The compared rows of the keys given as in [`Self::lookup_from`], in
+    /// key order (a re-check).
+    pub fn lookup_sql(&self) -> String {
+        format!(
+            "SELECT {} {} ORDER BY {}",
             self.select_list(),
-            self.table,
+            self.lookup_from(),
             self.order_by()
         )
     }
 
-    /// Every leader column as text, of the rows whose keys are given as in
-    /// [`Self::lookup_sql`]: the values a follower row is written from.
+    /// Every leader column as text (then, without a primary key, the row
+    /// hash), of the rows whose keys are given as in [`Self::lookup_from`]:
+    /// the values a follower row is written from.
     pub fn fetch_sql(&self) -> String {
-        let cols = (0..self.columns.len())
+        let mut cols: Vec<String> = (0..self.columns.len())
             .map(|i| format!("t.{}::text", self.col(i)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let lookup = self.lookup_sql();
-        // Same join, whole rows instead of hashes.
-        let from = lookup
-            .split_once(" FROM ")
-            .map(|(_, rest)| rest)
-            .unwrap_or_default();
-        format!("SELECT {cols} FROM {from}")
+            .collect();
+        if !self.has_primary_key {
+            cols.push(self.row_hash());
+        }
+        format!("SELECT {} {}", cols.join(", "), self.lookup_from())
     }
 
     /// INSERT of every leader column (parameters in column order).
@@ -211,7 +223,7 @@ impl TablePlan {
     }
 
     /// DELETE of one row by its key texts (parameters 1..): by the primary
-    /// key, or (no key) the first row whose columns have those texts.
+    /// key, or (no key) the first row with that hash.
     pub fn delete_sql(&self) -> String {
         if self.has_primary_key {
             let cond = self
@@ -223,21 +235,9 @@ impl TablePlan {
                 .join(" AND ");
             format!("DELETE FROM {} WHERE {cond}", self.table)
         } else {
-            let cond = self
-                .key
-                .iter()
-                .enumerate()
-                .map(|(n, &i)| {
-                    format!(
-                        "{}::text IS NOT DISTINCT FROM ${}::text",
-                        self.col(i),
-                        n + 1
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" AND ");
             format!(
-                "DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} WHERE {cond} LIMIT 1)",
+                "DELETE FROM {t} WHERE ctid = (SELECT ctid FROM {t} t WHERE {} = $1::text LIMIT 1)",
+                self.row_hash(),
                 t = self.table
             )
         }
@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn table_without_key_is_keyed_by_every_column() {
+    fn table_without_key_is_keyed_by_row_hash() {
         let plan = TablePlan::new(
             &PublishedTable {
                 schema: "public".into(),
@@ -311,10 +311,19 @@ mod tests {
             false,
         );
         assert!(!plan.has_primary_key);
-        assert_eq!(plan.key, vec![0, 1]);
-        assert!(!plan.scan_sql().contains("md5"));
+        assert_eq!(plan.key_len(), 1);
+        assert_eq!(
+            plan.scan_sql(),
+            "SELECT md5(ROW(t.\"policy_id\"::text, t.\"subject\"::text)::text) \
+             FROM \"public\".\"policy_log\" t \
+             ORDER BY md5(ROW(t.\"policy_id\"::text, t.\"subject\"::text)::text) COLLATE \"C\" NULLS FIRST"
+        );
         assert!(plan.update_sql().is_none());
         assert!(plan.delete_sql().contains("ctid = (SELECT ctid"));
-        assert!(plan.lookup_sql().contains("SELECT DISTINCT"));
+        assert!(plan.lookup_sql().contains("= ANY($1::text[])"));
+        assert!(
+            plan.fetch_sql()
+                .starts_with("SELECT t.\"policy_id\"::text, t.\"subject\"::text, md5(ROW(")
+        );
     }
 }

@@ -139,7 +139,7 @@ pub struct TableVerdict {
 pub struct Sample {
     /// `missing`, `extra` or `different`.
     pub kind: DiffKind,
-    /// Key column texts (every column for a table without a key).
+    /// Key column texts (the md5 of the row for a table without a key).
     pub key: Key,
 }
 
