@@ -297,6 +297,7 @@ fn describe() {
         Unit::Bytes,
         "WAL the leader keeps for pgsieve's slot (current WAL LSN minus restart LSN)."
     );
+    crate::diff::progress::describe_metrics();
 }
 
 /// The fail-closed counter of `follower` (registered at 0 by every sink, so
