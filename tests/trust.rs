@@ -22,7 +22,7 @@ use pgsieve::run::start::ids_digest;
 use tokio_postgres::Client;
 
 use crate::replication::wait_caught_up;
-use crate::support::scene::{Scene, wait_streaming};
+use crate::support::scene::{Scene, start_again_streaming};
 use crate::support::{
     assert_no_leak, never_granted_variables, ok, rows_written_since, xid_horizon,
 };
@@ -194,15 +194,7 @@ async fn a_changed_configuration_takes_effect_through_the_reconcile() {
         &scene.config(scene.entry(Some(&scene.east))),
     ));
     let (east, west) = (scene.east.clone(), scene.west.clone());
-    scene
-        .assert_projection(
-            &pgsieve,
-            Some(&east),
-            OracleRule::Execute,
-            &[],
-            "the initial copy",
-        )
-        .await;
+    scene.assert_east(&pgsieve, "the initial copy").await;
 
     let always = format!(
         "{}*",
@@ -278,32 +270,13 @@ async fn secrets_of_every_kind_follow_the_rule() {
     for id in ids(0).iter().chain(&ids(4)) {
         ok(rotate_secret(&scene.leader, id, b"before", None).await);
     }
-    let pgsieve = ok(PgsieveProcess::start(
-        &scene.config(scene.entry(Some(&scene.east))),
-    ));
+    let pgsieve = scene.start_east().await;
     let east = scene.east.clone();
-    scene
-        .assert_projection(
-            &pgsieve,
-            Some(&east),
-            OracleRule::Execute,
-            &[],
-            "the initial copy",
-        )
-        .await;
     // In the stream.
     for id in ids(0).iter().chain(&ids(4)) {
         ok(rotate_secret(&scene.leader, id, b"streamed", None).await);
     }
-    scene
-        .assert_projection(
-            &pgsieve,
-            Some(&east),
-            OracleRule::Execute,
-            &[],
-            "the stream",
-        )
-        .await;
+    scene.assert_east(&pgsieve, "the stream").await;
     // A backfill: app 4's layer joins east, so its policy's resources do not
     // (ownership is the policy's), but an execute grant on the webservice does.
     ok(apply_changes(
@@ -316,15 +289,7 @@ async fn secrets_of_every_kind_follow_the_rule() {
         }],
     )
     .await);
-    scene
-        .assert_projection(
-            &pgsieve,
-            Some(&east),
-            OracleRule::Execute,
-            &[],
-            "a grant on a webservice",
-        )
-        .await;
+    scene.assert_east(&pgsieve, "a grant on a webservice").await;
     let held: i64 = scene
         .follower
         .query_one(
@@ -471,9 +436,7 @@ async fn the_model_built_at_every_restart_is_the_leaders() {
         }
         // The leader is quiet (but for heartbeats) while pgsieve starts, so
         // the leader's state now is the state at the model's snapshot.
-        let starts = pgsieve.log().matches("Starting replication.").count();
-        ok(pgsieve.start_again());
-        wait_streaming(&pgsieve, starts + 1);
+        start_again_streaming(&mut pgsieve);
         let oracle = ok(resources_in_set(&scene.leader, &group, OracleRule::Execute).await);
         let ids: Vec<&str> = oracle.iter().map(String::as_str).collect();
         let want = (ids.len(), format!("{:016x}", ids_digest(&ids)));

@@ -147,6 +147,22 @@ impl Scene {
         );
     }
 
+    /// Starts `pgsieve` with the follower in `east` and waits for its
+    /// initial copy (checked against the oracle).
+    pub async fn start_east(&self) -> PgsieveProcess {
+        let pgsieve = ok(PgsieveProcess::start(
+            &self.config(self.entry(Some(&self.east))),
+        ));
+        self.assert_east(&pgsieve, "the initial copy").await;
+        pgsieve
+    }
+
+    /// [`Scene::assert_projection`] for `east` under rule `execute`.
+    pub async fn assert_east(&self, process: &PgsieveProcess, step: &str) {
+        self.assert_projection(process, Some(&self.east), OracleRule::Execute, &[], step)
+            .await;
+    }
+
     /// Stops `pgsieve` (SIGTERM), starts it again and waits until it streams
     /// (session start, reconcile or resync included).
     pub fn restart(&self, pgsieve: &mut PgsieveProcess) {
@@ -155,10 +171,16 @@ impl Scene {
             "pgsieve did not stop:\n{}",
             pgsieve.log()
         );
-        let starts = pgsieve.log().matches("Starting replication.").count();
-        ok(pgsieve.start_again());
-        wait_streaming(pgsieve, starts + 1);
+        start_again_streaming(pgsieve);
     }
+}
+
+/// Starts a stopped `pgsieve` again and waits until it streams (session
+/// start, reconcile or resync included).
+pub fn start_again_streaming(pgsieve: &mut PgsieveProcess) {
+    let starts = pgsieve.log().matches("Starting replication.").count();
+    ok(pgsieve.start_again());
+    wait_streaming(pgsieve, starts + 1);
 }
 
 /// Waits until `pgsieve` has logged `n` stream starts.
