@@ -36,37 +36,51 @@ pub async fn model_from_tables(
     sets: Vec<ReplicaSetSpec>,
 ) -> Result<Model, BootstrapError> {
     let mut builder = Model::builder(sets)?;
-    let query = |table: &'static str, sql: &'static str| async move {
-        client
-            .query(sql, &[])
-            .await
-            .map_err(|source| BootstrapError::Query { table, source })
-    };
-    for row in query(
+    for_each_row(
+        client,
         "role_memberships",
         "SELECT role_id, member_id, ownership FROM public.role_memberships",
+        |row| builder.add_membership(row.get(0), row.get(1), row.get(2)),
     )
-    .await?
-    {
-        builder.add_membership(row.get(0), row.get(1), row.get(2))?;
-    }
-    for row in query(
+    .await?;
+    for_each_row(
+        client,
         "permissions",
         "SELECT resource_id, role_id, privilege FROM public.permissions",
+        |row| builder.add_permission(row.get(0), row.get(1), row.get(2)),
     )
-    .await?
-    {
-        builder.add_permission(row.get(0), row.get(1), row.get(2))?;
-    }
-    for row in query(
+    .await?;
+    for_each_row(
+        client,
         "resources",
         "SELECT resource_id, owner_id FROM public.resources",
+        |row| builder.add_resource(row.get(0), row.get(1)),
     )
-    .await?
-    {
-        builder.add_resource(row.get(0), row.get(1))?;
-    }
+    .await?;
     Ok(builder.build())
+}
+
+/// Runs `sql` and hands each row to `add` as it arrives: a leader with a
+/// million resources is never held in memory as rows besides the model.
+async fn for_each_row(
+    client: &Client,
+    table: &'static str,
+    sql: &str,
+    mut add: impl FnMut(&tokio_postgres::Row) -> Result<(), FilterError>,
+) -> Result<(), BootstrapError> {
+    let query = |source| BootstrapError::Query { table, source };
+    let rows = client
+        .query_raw(sql, std::iter::empty::<&str>())
+        .await
+        .map_err(query)?;
+    futures_util::pin_mut!(rows);
+    while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows)
+        .await
+        .map_err(query)?
+    {
+        add(&row)?;
+    }
+    Ok(())
 }
 
 /// A leader SQL session inside a snapshot a logical slot exported: the
