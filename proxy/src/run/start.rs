@@ -261,6 +261,7 @@ pub(crate) async fn prepare(
 /// digest of their sorted ids (FNV-1a over `id\n`…): operators see what a
 /// start decided, and tests compare it with the leader's own answer.
 fn log_model(model: &Model, at: Lsn) {
+    tracing::info!(model_at = %at, approx_heap_mib = model.approx_heap_bytes() >> 20, "Model size.");
     for (bit, spec) in model.sets().iter().enumerate() {
         let mut ids: Vec<&str> = model.resources_in(bit).collect();
         ids.sort_unstable();

@@ -155,10 +155,11 @@ impl Resync {
         );
         let (wanted, leaving): (Vec<&Flip>, Vec<&Flip>) =
             flips.iter().copied().partition(|f| f.now_in);
+        // Ids are copied a chunk at a time: one grant may flip a whole
+        // policy's variables, and memory must not grow with that.
         let ids = |flips: &[&Flip]| -> Vec<String> {
             flips.iter().map(|f| f.resource_id.clone()).collect()
         };
-        let (wanted, leaving) = (ids(&wanted), ids(&leaving));
         let context = |op: &'static str| ApplyContext {
             commit_lsn,
             table: Arc::from(SECRETS),
@@ -168,12 +169,15 @@ impl Resync {
         // that entered it: clear whatever the follower holds, then copy.
         if !leaving.is_empty() {
             sink.metrics().purged(leaving.len() as u64);
+        }
+        for chunk in leaving.chunks(BACKFILL_CHUNK_IDS) {
             let client = sink.client().clone();
             let purged_rows = sink.metrics().purge_rows();
             let delete = delete.clone();
+            let chunk = ids(chunk);
             sink.push_future(
                 async move {
-                    let rows = client.execute(&delete, &[&leaving]).await?;
+                    let rows = client.execute(&delete, &[&chunk]).await?;
                     purged_rows.increment(rows);
                     Ok(rows)
                 },
@@ -184,13 +188,6 @@ impl Resync {
         if wanted.is_empty() {
             return Ok(0);
         }
-        let client = sink.client().clone();
-        let clear = wanted.clone();
-        sink.push_future(
-            async move { client.execute(&delete, &[&clear]).await },
-            context("resync clear"),
-        )
-        .await?;
         let any = self.set.rule == Rule::Any;
         let follower = sink.follower().to_owned();
         let leader_err = |op: &'static str| {
@@ -217,9 +214,19 @@ impl Resync {
             });
         }
         // Chunked: the rows of a few hundred resources at a time, so memory
-        // does not grow with how many variables one grant flips.
+        // does not grow with how many variables one grant flips. Each chunk
+        // clears what the follower holds of those resources, then copies.
         let mut copied = 0u64;
         for chunk in wanted.chunks(BACKFILL_CHUNK_IDS) {
+            let chunk = ids(chunk);
+            let client = sink.client().clone();
+            let delete = delete.clone();
+            let clear = chunk.clone();
+            sink.push_future(
+                async move { client.execute(&delete, &[&clear]).await },
+                context("resync clear"),
+            )
+            .await?;
             let rows = sink
                 .leader()
                 .query(
