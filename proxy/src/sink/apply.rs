@@ -37,6 +37,10 @@ pub struct ApplyContext {
     pub op: &'static str,
 }
 
+/// A leader commit older than this means the sink is replaying a backlog:
+/// groups then fill up to their time bound ([`Sink::group_hold`]).
+const BACKLOG_LAG: Duration = Duration::from_millis(200);
+
 /// Statements one follower connection may have unanswered.
 const MAX_IN_FLIGHT: usize = 1024;
 /// Parameter values those statements may carry in all: bounds the encoded
@@ -240,6 +244,10 @@ struct TableApply {
 struct Group {
     started: Instant,
     rows: u64,
+    /// Whether BEGIN was sent. It goes out with the group's first statement:
+    /// a run of leader transactions whose rows were all filtered out costs
+    /// the follower nothing, and their end LSN rides on the next commit.
+    begun: bool,
     wrote: bool,
     last_end: Lsn,
     last_time: PgTimestamp,
@@ -405,8 +413,45 @@ impl Sink {
     /// Whether a follower transaction is open between two leader
     /// transactions: the caller should commit it when no more events are
     /// ready.
+    ///
+    /// A group that has sent nothing yet (every row so far was filtered out)
+    /// is not worth a commit: it waits for the next statement, the time bound
+    /// or an idle keepalive ([`TxnEvent::Idle`]) to carry its progress.
     pub fn has_open_group_at_boundary(&self) -> bool {
-        self.group.as_ref().is_some_and(|g| !g.in_leader_txn)
+        self.group
+            .as_ref()
+            .is_some_and(|g| !g.in_leader_txn && g.begun)
+    }
+
+    /// How long to keep the open group waiting for more leader transactions
+    /// when none is ready: while replaying a backlog (the last leader commit
+    /// is over [`BACKLOG_LAG`] old), until the group's time bound, so a
+    /// catch-up commits a few large groups rather than one per reader
+    /// burst; live (or at the bound), not at all.
+    pub fn group_hold(&self) -> Option<Duration> {
+        let group = self.group.as_ref()?;
+        let lag_micros = PgTimestamp::now().0.saturating_sub(group.last_time.0);
+        if lag_micros < BACKLOG_LAG.as_micros() as i64 {
+            return None;
+        }
+        self.limits
+            .max_wait
+            .checked_sub(group.started.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Sends the open group's BEGIN if it has not gone out yet: called before
+    /// any statement of the group.
+    async fn begin_if_needed(&mut self) -> Result<(), ApplyError> {
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        if group.begun {
+            return Ok(());
+        }
+        group.begun = true;
+        let commit_lsn = group.commit_lsn;
+        self.push_control(Control::Begin, commit_lsn).await
     }
 
     fn fail(&self, (source, context): (tokio_postgres::Error, ApplyContext)) -> ApplyError {
@@ -425,6 +470,7 @@ impl Sink {
         params: Vec<WireValue>,
         context: ApplyContext,
     ) -> Result<(), ApplyError> {
+        self.begin_if_needed().await?;
         let client = self.client.clone();
         let statement = statement.clone();
         let weight = params.len().max(1);
@@ -502,10 +548,10 @@ impl Sink {
             TxnEvent::Begin(begin) => {
                 if self.group.is_none() {
                     self.commit_times.clear();
-                    self.push_control(Control::Begin, begin.commit_lsn).await?;
                     self.group = Some(Group {
                         started: Instant::now(),
                         rows: 0,
+                        begun: false,
                         wrote: false,
                         last_end: Lsn::ZERO,
                         last_time: begin.commit_time,
@@ -738,6 +784,7 @@ impl Sink {
             table: Arc::from(names.join(", ")),
             op: "truncate",
         };
+        self.begin_if_needed().await?;
         self.pipeline
             .push(
                 async move { client.batch_execute(&sql).await.map(|_| 0) },
@@ -891,11 +938,10 @@ impl Sink {
     }
 
     async fn commit_open_group(&mut self) -> Result<(), ApplyError> {
-        let Some(group) = self.group.take() else {
+        let Some(group) = &self.group else {
             return Ok(());
         };
         if group.in_leader_txn {
-            self.group = Some(group);
             return Err(ApplyError::Invalid {
                 follower: self.follower.clone(),
                 commit_lsn: self.commit_lsn(),
@@ -903,6 +949,12 @@ impl Sink {
             });
         }
         self.flush_batch().await?;
+        // Nothing sent yet (only filtered rows, or an idle position): the
+        // progress still needs a transaction of its own.
+        self.begin_if_needed().await?;
+        let Some(group) = self.group.take() else {
+            return Ok(());
+        };
         if !group.wrote {
             self.push_control(Control::ForceXid, group.commit_lsn)
                 .await?;
@@ -933,20 +985,29 @@ impl Sink {
     }
 
     async fn on_idle(&mut self, wal_end: Lsn) -> Result<(), ApplyError> {
+        let idle_write_due = self.last_idle_write.elapsed() >= Duration::from_millis(500);
         if let Some(group) = &mut self.group {
             if group.in_leader_txn {
                 return Ok(());
             }
             group.last_end = group.last_end.max(wal_end);
+            // A group of filtered transactions only has progress to write:
+            // as rate-limited as any idle write.
+            if !group.begun {
+                if !idle_write_due {
+                    return Ok(());
+                }
+                self.last_idle_write = Instant::now();
+            }
             return self.commit_group().await;
         }
         let behind = wal_end > self.progress.committed_end();
-        if behind && self.last_idle_write.elapsed() >= Duration::from_millis(500) {
+        if behind && idle_write_due {
             self.last_idle_write = Instant::now();
-            self.push_control(Control::Begin, wal_end).await?;
             self.group = Some(Group {
                 started: Instant::now(),
                 rows: 0,
+                begun: false,
                 wrote: false,
                 last_end: wal_end,
                 last_time: PgTimestamp::now(),
@@ -963,7 +1024,7 @@ impl Sink {
         self.batch = None;
         self.commit_times.clear();
         self.pipeline.clear();
-        if self.group.take().is_some() {
+        if self.group.take().is_some_and(|g| g.begun) {
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
     }
@@ -1001,6 +1062,7 @@ impl Sink {
         future: impl std::future::Future<Output = super::pipeline::StatementResult> + Send + 'static,
         context: ApplyContext,
     ) -> Result<(), ApplyError> {
+        self.begin_if_needed().await?;
         self.pipeline
             .push(future, context)
             .await
