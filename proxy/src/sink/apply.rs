@@ -318,11 +318,7 @@ impl std::fmt::Debug for Sink {
 }
 
 fn wire(tuple: &TupleData, column: Column<'_>) -> WireValue {
-    match column {
-        Column::Null | Column::UnchangedToast => WireValue::NULL,
-        Column::Text(b) => WireValue::text(tuple.encoded_columns().slice_ref(b)),
-        Column::Binary(b) => WireValue::binary(tuple.encoded_columns().slice_ref(b)),
-    }
+    WireValue::from_column(tuple, column)
 }
 
 impl Sink {
@@ -674,13 +670,11 @@ impl Sink {
                 let batch = self.batch.get_or_insert_with(|| InsertBatch {
                     oid,
                     rows: 0,
-                    params: Vec::with_capacity(max_rows.min(64) * insert.new.len()),
+                    params: Vec::with_capacity(max_rows * insert.new.len()),
                     commit_lsn,
                     upsert,
                 });
-                batch
-                    .params
-                    .extend(insert.new.columns().map(|c| wire(&insert.new, c)));
+                super::value::encode_row(&insert.new, &mut batch.params);
                 batch.rows += 1;
                 let full = batch.rows >= max_rows;
                 table.metrics.forwarded.increment(1);
