@@ -13,18 +13,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use pgsieve_filters::SetMask;
 use pgsieve_protocol::pgoutput::{Column, OldTuple, Relation, Truncate, TupleData};
 use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio_postgres::{Client, Statement};
 
 use super::catalog::{SchemaMismatch, match_relation};
+use super::copy_in::encode_copy_row;
 use super::origin::{FORCE_XID_SQL, XACT_SETUP_SQL};
 use super::pipeline::Pipeline;
+use super::pipeline::StatementResult;
 use super::statements::{TableShape, truncate_sql};
 use super::value::WireValue;
 use crate::metrics::{FollowerMetrics, TableMetrics};
 use crate::txn::{RowChange, RowOp, TxnCommit, TxnEvent};
+use futures_util::task::noop_waker_ref;
+use std::future::Future;
 
 /// Where an apply failure happened.
 #[derive(Debug, Clone)]
@@ -40,6 +45,12 @@ pub struct ApplyContext {
 /// A leader commit older than this means the sink is replaying a backlog:
 /// groups then fill up to their time bound ([`Sink::group_hold`]).
 const BACKLOG_LAG: Duration = Duration::from_millis(200);
+
+/// Plain inserts into one table that go out as one `COPY` at most (and
+/// fewer go out as multi-row INSERTs: a COPY waits for the follower to
+/// accept it before its rows can follow).
+const COPY_MAX_ROWS: usize = 4096;
+const COPY_MIN_ROWS: usize = 64;
 
 /// Statements one follower connection may have unanswered.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -236,6 +247,8 @@ struct TableApply {
     /// Multi-row inserts by (row count, upsert): 1 and powers of two up to
     /// the maximum.
     inserts: HashMap<(usize, bool), Statement>,
+    /// `COPY … FROM STDIN`, prepared at its first use.
+    copy: Option<Statement>,
     delete: Statement,
     updates: HashMap<u64, Statement>,
     metrics: TableMetrics,
@@ -410,13 +423,13 @@ impl Sink {
     /// transactions: the caller should commit it when no more events are
     /// ready.
     ///
-    /// A group that has sent nothing yet (every row so far was filtered out)
-    /// is not worth a commit: it waits for the next statement, the time bound
+    /// A group that has nothing to apply yet (every row so far was filtered
+    /// out) is not worth a commit: it waits for the next statement, the time bound
     /// or an idle keepalive ([`TxnEvent::Idle`]) to carry its progress.
     pub fn has_open_group_at_boundary(&self) -> bool {
         self.group
             .as_ref()
-            .is_some_and(|g| !g.in_leader_txn && g.begun)
+            .is_some_and(|g| !g.in_leader_txn && (g.begun || g.wrote))
     }
 
     /// How long to keep the open group waiting for more leader transactions
@@ -621,6 +634,7 @@ impl Sink {
                 name,
                 relation: relation.clone(),
                 inserts: HashMap::from([((1, true), insert)]),
+                copy: None,
                 delete,
                 updates: HashMap::new(),
                 metrics: self.metrics.table(relation),
@@ -665,12 +679,18 @@ impl Sink {
         };
         let (statement, params) = match &change.op {
             RowOp::Insert(insert) => {
-                let max_rows = table.shape.max_insert_rows();
                 let upsert = commit_lsn < self.upsert_until;
+                // Plain inserts gather for one COPY; upserts go by INSERT.
+                let max_rows = match self.batch.as_ref().map_or(upsert, |b| b.upsert) {
+                    true => table.shape.max_insert_rows(),
+                    false => COPY_MAX_ROWS,
+                };
                 let batch = self.batch.get_or_insert_with(|| InsertBatch {
                     oid,
                     rows: 0,
-                    params: Vec::with_capacity(max_rows * insert.new.len()),
+                    params: Vec::with_capacity(
+                        table.shape.max_insert_rows().max(COPY_MIN_ROWS) * insert.new.len(),
+                    ),
                     commit_lsn,
                     upsert,
                 });
@@ -867,6 +887,27 @@ impl Sink {
         let width = table.shape.columns.len().max(1);
         let max_rows = table.shape.max_insert_rows();
         let name = table.name.clone();
+        if !batch.upsert && batch.rows >= COPY_MIN_ROWS && batch.params.len() == batch.rows * width
+        {
+            let mut data = BytesMut::with_capacity(batch.params.len() * 16);
+            let encoded = batch
+                .params
+                .chunks(width)
+                .all(|row| encode_copy_row(row, &mut data));
+            if encoded {
+                let statement = self.copy_statement(batch.oid, batch.commit_lsn).await?;
+                let context = ApplyContext {
+                    commit_lsn: batch.commit_lsn,
+                    table: name,
+                    op: "insert",
+                };
+                let weight = batch.params.len();
+                drop(batch);
+                return self
+                    .push_copy(statement, data.freeze(), context, weight)
+                    .await;
+            }
+        }
         while batch.rows > 0 {
             let chunk = if batch.rows >= max_rows {
                 max_rows
@@ -887,6 +928,80 @@ impl Sink {
             self.push(&statement, params, context).await?;
         }
         Ok(())
+    }
+
+    async fn copy_statement(&mut self, oid: u32, commit_lsn: Lsn) -> Result<Statement, ApplyError> {
+        let Some(table) = self.tables.get_mut(&oid) else {
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn,
+                what: format!("insert for unknown relation {oid}"),
+            });
+        };
+        if let Some(statement) = &table.copy {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .prepare(&table.shape.copy_sql())
+            .await
+            .map_err(|source| ApplyError::Statement {
+                follower: self.follower.clone(),
+                commit_lsn,
+                table: table.name.clone(),
+                op: "prepare copy",
+                source,
+            })?;
+        table.copy = Some(statement.clone());
+        Ok(statement)
+    }
+
+    /// Queues one `COPY … FROM STDIN` of `data` (rows in text format).
+    ///
+    /// The COPY runs as a task of its own: its rows can only follow the
+    /// follower's acceptance (a round trip), and later statements wait behind
+    /// it on the connection, so it must not wait for the pipeline's next look
+    /// at its answers. Order is kept by the connection, which sends requests
+    /// in the order they were made.
+    async fn push_copy(
+        &mut self,
+        statement: Statement,
+        data: Bytes,
+        context: ApplyContext,
+        weight: usize,
+    ) -> Result<(), ApplyError> {
+        self.begin_if_needed().await?;
+        let client = self.client.clone();
+        let copy = async move {
+            let sink = client.copy_in::<_, Bytes>(&statement).await?;
+            futures_util::pin_mut!(sink);
+            futures_util::SinkExt::send(&mut sink, data).await?;
+            sink.finish().await
+        };
+        // The first poll queues the request on the connection, now, before
+        // any later statement; the task then sends the rows once the
+        // follower accepts the COPY.
+        let mut copy: std::pin::Pin<Box<dyn Future<Output = StatementResult> + Send>> =
+            Box::pin(copy);
+        let first = copy
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(noop_waker_ref()));
+        let task = match first {
+            std::task::Poll::Ready(result) => tokio::spawn(std::future::ready(result)),
+            std::task::Poll::Pending => tokio::spawn(copy),
+        };
+        let future = async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        self.pipeline
+            .push_weighted(future, context, weight)
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     async fn insert_statement(

@@ -39,6 +39,17 @@ impl WireValue {
 }
 
 impl WireValue {
+    /// The value's text form (`Ok(None)` for NULL), or `Err(())` when it is
+    /// in binary form.
+    #[allow(clippy::result_unit_err)]
+    pub fn text_bytes(&self) -> Result<Option<&[u8]>, ()> {
+        match (&self.data, self.binary) {
+            (None, _) => Ok(None),
+            (Some(data), false) => Ok(Some(data)),
+            (Some(_), true) => Err(()),
+        }
+    }
+
     /// One column of a received tuple as a parameter: a slice of the frame it
     /// arrived in (a reference count, no copy, no allocation). An
     /// unchanged-TOAST column has no value here; callers leave it out.
