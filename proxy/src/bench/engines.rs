@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 
 use super::BenchError;
 use super::measure::{self, ChildCpu};
-use super::workloads::{Filter, native_filter, replica_set, sentinel};
+use super::workloads::{Filter, Schema, native_filter, replica_set, sentinel};
 use crate::harness::HarnessError;
 use crate::harness::cluster::{CONJUR_DB, Cluster};
 use crate::harness::error::PgContext;
@@ -62,7 +62,7 @@ impl EngineKind {
             EngineKind::Pgsieve => "pgsieve",
             EngineKind::Native => "native",
             EngineKind::Pglogical => "pglogical",
-            EngineKind::Raw => "raw reader",
+            EngineKind::Raw => "ceiling",
         }
     }
 
@@ -100,6 +100,11 @@ pub const PGLOGICAL_CONF: [&str; 2] = [
 /// What one catch-up measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Measured {
+    /// Share of the catch-up the leader's walsender spent on a CPU (its CPU
+    /// seconds ÷ catch-up seconds): near 1, the walsender's decoding is the
+    /// limit and the engine is at the ceiling; well below, the engine made
+    /// the walsender wait.
+    pub walsender_utilization: Option<f64>,
     /// From resume until the sentinel arrived.
     pub catch_up_seconds: f64,
     /// CPU of the leader's walsender(s) serving this engine.
@@ -125,9 +130,25 @@ pub struct FollowerSide {
     exclude: Vec<u32>,
 }
 
+impl Measured {
+    /// Walsender CPU seconds ÷ catch-up seconds.
+    pub fn walsender_utilization(&self) -> Option<f64> {
+        let cpu = self.walsender_cpu_seconds?;
+        (self.catch_up_seconds > 0.0).then(|| cpu / self.catch_up_seconds)
+    }
+
+    fn with_utilization(mut self) -> Measured {
+        self.walsender_utilization = self.walsender_utilization();
+        self
+    }
+}
+
 impl FollowerSide {
-    async fn new(cluster: Cluster) -> Result<FollowerSide, HarnessError> {
+    async fn new(cluster: Cluster, schema: Schema) -> Result<FollowerSide, HarnessError> {
         let client = crate::harness::conjur::prepare_conjur(&cluster).await?;
+        if schema == Schema::Plain {
+            super::workloads::use_plain_secrets(&client, false).await?;
+        }
         let waiter = cluster.connect(CONJUR_DB).await?;
         let exclude = vec![
             measure::backend_pid(&client).await?,
@@ -277,10 +298,11 @@ impl Engine {
         leader: &Cluster,
         leader_client: &Client,
         follower: Option<Cluster>,
+        schema: Schema,
         filter: Filter,
     ) -> Result<Engine, BenchError> {
         let side = match follower {
-            Some(cluster) => Some(FollowerSide::new(cluster).await?),
+            Some(cluster) => Some(FollowerSide::new(cluster, schema).await?),
             None => None,
         };
         let need_side =
@@ -409,7 +431,7 @@ impl Engine {
         }
         let _ = leader;
         self.pause(leader_client).await?;
-        Ok(m)
+        Ok(m.with_utilization())
     }
 
     /// Adds pgsieve's log tail (or the follower's server log) to an error.
@@ -559,9 +581,14 @@ async fn raw_connect(leader: &Cluster) -> Result<ReplicationConnection, BenchErr
         .map_err(|e| BenchError::source("connecting the raw reader", e))
 }
 
-/// Drains the raw slot until the Commit after the sentinel's `version`:
-/// frames parsed, pgoutput messages decoded, secrets inserts counted, nothing
-/// kept. Answers keepalives that ask for a reply.
+/// The ceiling: drains the raw slot as fast as the socket delivers it until
+/// the Commit after the sentinel's `version`. Reads are pgsieve's own (128 KiB
+/// at a time, frames cut out of the read buffer without a copy); each
+/// pgoutput message is decoded in place (tens of nanoseconds) to count secrets
+/// inserts and spot the sentinel, nothing is kept, no timer is armed per frame,
+/// and a status update goes out only when a keepalive asks for one. What is
+/// left is the walsender: its utilization says how close this is to its
+/// decoding rate.
 async fn raw_catch_up(
     leader: &Cluster,
     version: i32,
@@ -583,31 +610,24 @@ async fn raw_catch_up(
         .map_err(|e| BenchError::source("starting the raw reader", e))?;
     let sentinel = sentinel();
     let version_text = version.to_string();
-    let mut decoder = PgOutputDecoder::new();
-    let mut secrets_oid = None;
-    let mut inserts = 0i64;
-    let mut seen_sentinel = false;
-    let deadline = started + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let payload = match tokio::time::timeout(left, stream.next_copy_data()).await {
-            Err(_) => {
-                return Err(BenchError::Harness(HarnessError::Timeout {
-                    what: "the raw reader reaching the sentinel".into(),
-                    waited: timeout,
-                }));
-            }
-            Ok(r) => r.map_err(|e| BenchError::source("reading the raw stream", e))?,
-        };
-        let Some(payload) = payload else {
-            return Err(BenchError::Failed("the raw stream ended early".into()));
-        };
-        let message = ReplicationMessage::parse(payload)
-            .map_err(|e| BenchError::Failed(format!("raw reader: bad frame: {e}")))?;
-        let data = match message {
-            ReplicationMessage::XLogData(x) => x.data,
-            ReplicationMessage::PrimaryKeepalive(k) => {
-                if k.reply_requested {
+    let drain = async {
+        let mut decoder = PgOutputDecoder::new();
+        let mut secrets_oid = None;
+        let mut inserts = 0i64;
+        let mut seen_sentinel = false;
+        loop {
+            let Some(payload) = stream
+                .next_copy_data()
+                .await
+                .map_err(|e| BenchError::source("reading the raw stream", e))?
+            else {
+                return Err(BenchError::Failed("the raw stream ended early".into()));
+            };
+            let data = match ReplicationMessage::parse(payload)
+                .map_err(|e| BenchError::Failed(format!("raw reader: bad frame: {e}")))?
+            {
+                ReplicationMessage::XLogData(x) => x.data,
+                ReplicationMessage::PrimaryKeepalive(k) if k.reply_requested => {
                     let mut buf = BytesMut::new();
                     StandbyStatusUpdate {
                         write: k.wal_end,
@@ -621,27 +641,36 @@ async fn raw_catch_up(
                         .send_copy_data(buf.freeze())
                         .await
                         .map_err(|e| BenchError::source("raw reader status update", e))?;
+                    continue;
                 }
-                continue;
-            }
-        };
-        match decoder
-            .decode(data)
-            .map_err(|e| BenchError::Failed(format!("raw reader: bad pgoutput message: {e}")))?
-        {
-            LogicalMessage::Relation(r) if r.name == "secrets" => secrets_oid = Some(r.oid),
-            LogicalMessage::Insert(i) if Some(i.rel_id) == secrets_oid => {
-                inserts += 1;
-                if i.new.get(0).and_then(|c| c.as_bytes()) == Some(sentinel.as_bytes())
-                    && i.new.get(1).and_then(|c| c.as_bytes()) == Some(version_text.as_bytes())
-                {
-                    seen_sentinel = true;
+                ReplicationMessage::PrimaryKeepalive(_) => continue,
+            };
+            match decoder
+                .decode(data)
+                .map_err(|e| BenchError::Failed(format!("raw reader: bad pgoutput message: {e}")))?
+            {
+                LogicalMessage::Relation(r) if r.name == "secrets" => secrets_oid = Some(r.oid),
+                LogicalMessage::Insert(i) if Some(i.rel_id) == secrets_oid => {
+                    inserts += 1;
+                    if i.new.get(0).and_then(|c| c.as_bytes()) == Some(sentinel.as_bytes())
+                        && i.new.get(1).and_then(|c| c.as_bytes()) == Some(version_text.as_bytes())
+                    {
+                        seen_sentinel = true;
+                    }
                 }
+                LogicalMessage::Commit(_) | LogicalMessage::StreamCommit(_) if seen_sentinel => {
+                    return Ok(inserts);
+                }
+                _ => {}
             }
-            LogicalMessage::Commit(_) | LogicalMessage::StreamCommit(_) if seen_sentinel => break,
-            _ => {}
         }
-    }
+    };
+    let inserts = tokio::time::timeout(timeout, drain).await.map_err(|_| {
+        BenchError::Harness(HarnessError::Timeout {
+            what: "the raw reader reaching the sentinel".into(),
+            waited: timeout,
+        })
+    })??;
     let catch_up = started.elapsed();
     let m = Measured {
         catch_up_seconds: catch_up.as_secs_f64(),
@@ -650,5 +679,5 @@ async fn raw_catch_up(
         ..Measured::default()
     };
     let _ = status.finish().await;
-    Ok(m)
+    Ok(m.with_utilization())
 }

@@ -149,7 +149,13 @@ async fn run_one(
         w1_transactions: sizes.fanout_transactions,
         ..*sizes
     };
-    let transactions = workloads::write(&mut leader_client, Workload::W1, &backlog).await?;
+    let transactions = workloads::write(
+        &mut leader_client,
+        Workload::W1,
+        workloads::Schema::Conjur,
+        &backlog,
+    )
+    .await?;
     let version = workloads::bump_sentinel(&leader_client).await?;
     let expected = Expected::read(&leader_client).await?;
 

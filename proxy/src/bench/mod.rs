@@ -34,7 +34,7 @@ use crate::source::SourceError;
 
 pub use engines::EngineKind;
 pub use report::Report;
-pub use workloads::{Filter, Sizes, Workload};
+pub use workloads::{Filter, Schema, Sizes, Workload};
 
 use engines::{Engine, PGLOGICAL_CONF, PGLOGICAL_SKIPS};
 use report::{CaseResult, EngineResult, LatencyResult, Machine};
@@ -142,15 +142,23 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     }
     engines.push(EngineKind::Raw);
     notes.push(
+        "plain = `secrets(resource_id text, version int, value bytea, PRIMARY KEY \
+         (resource_id, version))` on leader and followers, no other index, 8-byte values; \
+         conjur = Conjur's own `secrets` (three indexes, one over SQL functions), 61-byte values."
+            .to_owned(),
+    );
+    notes.push(
         "native's row filter is `resource_id LIKE 'acme:variable:shared/%'` for `half` and none \
          for `all` (PG15 publications cannot call is_resource_visible); pgsieve and pglogical \
          evaluate the replica set in both modes."
             .to_owned(),
     );
     notes.push(
-        "raw reader = pgsieve's replication connection + pgoutput decoder in the bench process, \
-         discarding every message (proto 2, streaming on): the rate at which the leader can \
-         send this WAL."
+        "ceiling = pgsieve's replication connection and pgoutput decoder in the bench \
+         process, draining the slot as fast as the socket delivers it (128 KiB reads, status \
+         updates only when a keepalive asks) and discarding every message (proto 2, streaming \
+         on): the rate at which the leader can decode and send this WAL. Its walsender \
+         utilization shows whether that held."
             .to_owned(),
     );
     let progress = progress_bar(options.progress);
@@ -168,21 +176,27 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             latency = Some(l);
             continue;
         }
-        for filter in [Filter::All, Filter::Half] {
-            let case = run_case(workload, filter, &sizes, &engines, &progress).await?;
+        for (&schema, filter) in Schema::for_workload(workload)
+            .iter()
+            .flat_map(|s| [(s, Filter::All), (s, Filter::Half)])
+        {
+            let case = run_case(workload, schema, filter, &sizes, &engines, &progress).await?;
             for e in &case.engines {
                 progress.println(format!(
-                    "{:?} {}: {:<10} {}",
+                    "{:?} {} {}: {:<10} {}",
                     workload,
+                    schema.name(),
                     filter.name(),
                     e.engine.name(),
                     match (&e.skipped, &e.measured) {
                         (Some(why), _) => format!("skipped ({why})"),
                         (None, Some(m)) => format!(
-                            "{:.2} s, {:.0} {}",
+                            "{:.2} s, {:.0} {}, walsender busy {}",
                             m.catch_up_seconds,
                             e.rate.unwrap_or(0.0),
-                            workload.unit()
+                            workload.unit(),
+                            m.walsender_utilization()
+                                .map_or("?".into(), |u| format!("{:.0} %", u * 100.0))
                         ),
                         _ => "-".into(),
                     }
@@ -235,12 +249,13 @@ async fn start_clusters(specs: Vec<ClusterSpec>) -> Result<Vec<Cluster>, BenchEr
 /// the workload written once, then each engine's catch-up timed and checked.
 async fn run_case(
     workload: Workload,
+    schema: Schema,
     filter: Filter,
     sizes: &Sizes,
     kinds: &[EngineKind],
     progress: &ProgressBar,
 ) -> Result<CaseResult, BenchError> {
-    let label = format!("{workload:?} {}", filter.name());
+    let label = format!("{workload:?} {} {}", schema.name(), filter.name());
     let say = |step: &str| progress.set_message(format!("{label}: {step}"));
     say("starting clusters");
     let with_pglogical = kinds.contains(&EngineKind::Pglogical);
@@ -266,6 +281,9 @@ async fn run_case(
         .ok_or_else(|| BenchError::Failed("no leader cluster".into()))?;
     say("loading the schema and population");
     let mut leader_client = prepare_conjur(&leader).await?;
+    if schema == Schema::Plain {
+        workloads::use_plain_secrets(&leader_client, true).await?;
+    }
     prepare_leader(&leader_client, DEFAULT_PUBLICATION).await?;
     workloads::populate(&mut leader_client, workload, filter, sizes).await?;
     if with_pglogical {
@@ -280,7 +298,8 @@ async fn run_case(
         } else {
             None
         };
-        let mut engine = Engine::setup(*kind, &leader, &leader_client, follower, filter).await?;
+        let mut engine =
+            Engine::setup(*kind, &leader, &leader_client, follower, schema, filter).await?;
         engine
             .pause(&leader_client)
             .await
@@ -290,7 +309,7 @@ async fn run_case(
     say("writing the workload");
     let secrets_before = count_secrets(&leader_client).await?;
     let written = Instant::now();
-    let leader_rows = workloads::write(&mut leader_client, workload, sizes).await?;
+    let leader_rows = workloads::write(&mut leader_client, workload, schema, sizes).await?;
     let version = workloads::bump_sentinel(&leader_client).await?;
     let write_seconds = written.elapsed().as_secs_f64();
     let expected = workloads::Expected::read(&leader_client).await?;
@@ -375,6 +394,7 @@ async fn run_case(
     drop(leader);
     Ok(CaseResult {
         workload,
+        schema,
         filter,
         leader_rows,
         write_seconds,
@@ -450,6 +470,7 @@ async fn run_latency(sizes: &Sizes, progress: &ProgressBar) -> Result<LatencyRes
         &leader,
         &leader_client,
         Some(follower),
+        Schema::Conjur,
         Filter::Half,
     )
     .await?;

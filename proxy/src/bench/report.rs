@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::engines::{EngineKind, Measured};
-use super::workloads::{Delivered, Filter, Sizes, Workload};
+use super::workloads::{Delivered, Filter, Schema, Sizes, Workload};
 
 /// The machine a run was measured on.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,6 +52,8 @@ pub struct EngineResult {
 pub struct CaseResult {
     /// Workload.
     pub workload: Workload,
+    /// The `secrets` table it ran on.
+    pub schema: Schema,
     /// Share of variables in the set.
     pub filter: Filter,
     /// Leader rows (W1: transactions) the workload wrote.
@@ -69,7 +71,12 @@ impl CaseResult {
     }
 
     fn label(&self) -> String {
-        format!("{:?} {}", self.workload, self.filter.name())
+        format!(
+            "{:?} {} {}",
+            self.workload,
+            self.schema.name(),
+            self.filter.name()
+        )
     }
 }
 
@@ -188,17 +195,18 @@ impl Report {
         let _ = writeln!(md, "## Backlog catch-up rate\n");
         let _ = writeln!(
             md,
-            "| workload | set holds | leader rows | pgsieve | native | pglogical | raw reader | pgsieve ÷ native | pgsieve ÷ pglogical | pgsieve ÷ raw |"
+            "| workload | schema | set holds | leader rows | pgsieve | native | pglogical | ceiling | pgsieve ÷ native | pgsieve ÷ pglogical | pgsieve ÷ ceiling |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in &self.cases {
             let rate = |k| c.engine(k).and_then(|e| e.rate);
             let p = rate(EngineKind::Pgsieve);
             let _ = writeln!(
                 md,
-                "| {:?} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {:?} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.workload,
                 c.workload.unit(),
+                c.schema.name(),
                 c.filter.name(),
                 c.leader_rows,
                 fmt_rate(p),
@@ -210,6 +218,36 @@ impl Report {
                 fmt_ratio(p, rate(EngineKind::Raw)),
             );
         }
+        let _ = writeln!(md, "\n## Walsender utilization\n");
+        let _ = writeln!(
+            md,
+            "CPU seconds of the leader's walsender serving the engine ÷ catch-up seconds. \
+             Near 100 %, the walsender's decoding is what limits the engine (the ceiling); \
+             well below, the engine made the walsender wait.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| workload | schema | set holds | pgsieve | native | pglogical | ceiling |\n|---|---|---|---:|---:|---:|---:|"
+        );
+        for c in &self.cases {
+            let busy = |k| {
+                c.engine(k)
+                    .and_then(|e| e.measured.as_ref())
+                    .and_then(Measured::walsender_utilization)
+                    .map_or("–".into(), |u| format!("{:.0} %", u * 100.0))
+            };
+            let _ = writeln!(
+                md,
+                "| {:?} | {} | {} | {} | {} | {} | {} |",
+                c.workload,
+                c.schema.name(),
+                c.filter.name(),
+                busy(EngineKind::Pgsieve),
+                busy(EngineKind::Native),
+                busy(EngineKind::Pglogical),
+                busy(EngineKind::Raw),
+            );
+        }
         let _ = writeln!(md, "\n## CPU seconds and memory during the catch-up\n");
         let _ = writeln!(
             md,
@@ -218,11 +256,11 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| workload | set holds | pgsieve leader | pgsieve process | pgsieve follower | pgsieve peak RSS MiB | native leader | native follower | pglogical leader | pglogical follower | raw leader | leader CPU ÷ native | total CPU ÷ native |"
+            "| workload | schema | set holds | pgsieve leader | pgsieve process | pgsieve follower | pgsieve peak RSS MiB | native leader | native follower | pglogical leader | pglogical follower | ceiling leader | leader CPU ÷ native | total CPU ÷ native |"
         );
         let _ = writeln!(
             md,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for c in &self.cases {
             let get = |k, f: fn(&Measured) -> Option<f64>| {
@@ -246,8 +284,9 @@ impl Report {
                 .map_or("–".into(), |k| format!("{:.0}", k as f64 / 1024.0));
             let _ = writeln!(
                 md,
-                "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.workload,
+                c.schema.name(),
                 c.filter.name(),
                 fmt_secs(get(EngineKind::Pgsieve, ws)),
                 fmt_secs(get(EngineKind::Pgsieve, ps)),
@@ -265,9 +304,9 @@ impl Report {
         let _ = writeln!(md, "\n## Delivered rows\n");
         let _ = writeln!(
             md,
-            "| workload | set holds | engine | expected | delivered | leaked | seconds | check |"
+            "| workload | schema | set holds | engine | expected | delivered | leaked | seconds | check |"
         );
-        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---|");
+        let _ = writeln!(md, "|---|---|---|---|---:|---:|---:|---:|---|");
         for c in &self.cases {
             for e in &c.engines {
                 let (got, leaked, check) = match (&e.skipped, &e.delivered) {
@@ -285,8 +324,9 @@ impl Report {
                 };
                 let _ = writeln!(
                     md,
-                    "| {:?} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     c.workload,
+                    c.schema.name(),
                     c.filter.name(),
                     e.engine.name(),
                     e.expected_rows,

@@ -69,6 +69,73 @@ impl Workload {
     }
 }
 
+/// The definition of `secrets` a case runs on (leader and followers alike).
+///
+/// Conjur's table has three indexes, one over SQL functions PostgreSQL cannot
+/// inline: its per-row cost on a follower is several times a plain table's, and
+/// it would hide an apply path's own cost. The plain table has only its
+/// primary key, and the workloads write 8-byte values into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Schema {
+    /// `secrets(resource_id text, version int, value bytea, PRIMARY KEY
+    /// (resource_id, version))`, no other index (the leader keeps Conjur's
+    /// version-numbering trigger; followers apply as `replica`, so it never
+    /// fires there).
+    Plain,
+    /// Conjur's own `secrets`.
+    Conjur,
+}
+
+impl Schema {
+    /// `plain` / `conjur`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schema::Plain => "plain",
+            Schema::Conjur => "conjur",
+        }
+    }
+
+    /// The schemas a workload runs on: W1 and W2 on both (plain first), the
+    /// others on Conjur's only.
+    pub fn for_workload(workload: Workload) -> &'static [Schema] {
+        match workload {
+            Workload::W1 | Workload::W2 => &[Schema::Plain, Schema::Conjur],
+            Workload::W3 | Workload::W4 => &[Schema::Conjur],
+        }
+    }
+
+    /// The value each workload row carries (SQL expression): 8 bytes on the
+    /// plain table, a 61-byte Conjur-like ciphertext otherwise.
+    fn value_sql(self) -> &'static str {
+        match self {
+            Schema::Plain => "'\\x0102030405060708'::bytea",
+            Schema::Conjur => VALUE_SQL,
+        }
+    }
+}
+
+/// Replaces Conjur's `secrets` (just loaded with the schema, still empty) by
+/// the plain table. Run before the publication exists (it lists the table).
+/// `leader`: keep the version-numbering trigger, which the workloads rely on.
+pub async fn use_plain_secrets(c: &impl GenericClient, leader: bool) -> Result<(), HarnessError> {
+    let trigger = if leader {
+        "CREATE TRIGGER secrets_version BEFORE INSERT ON secrets \
+         FOR EACH ROW EXECUTE FUNCTION secrets_next_version();"
+    } else {
+        ""
+    };
+    c.batch_execute(&format!(
+        "DROP TABLE secrets CASCADE;
+         CREATE TABLE secrets (resource_id text NOT NULL, version integer NOT NULL, \
+           value bytea NOT NULL, PRIMARY KEY (resource_id, version));
+         {trigger}
+         GRANT SELECT ON secrets TO {role};",
+        role = crate::harness::cluster::REPLICATOR_ROLE
+    ))
+    .await
+    .ctx(|| "replacing secrets by the plain table".into())
+}
+
 /// Which share of the variables the follower's replica set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Filter {
@@ -265,8 +332,16 @@ pub async fn populate(
 }
 
 /// Adds a version to the sentinel (the trigger numbers it); returns the version.
+/// Names only the columns both schemas have.
 pub async fn bump_sentinel(leader: &impl GenericClient) -> Result<i32, HarnessError> {
-    workload::rotate_secret(leader, &sentinel(), b"sentinel", None).await
+    let row = leader
+        .query_one(
+            "INSERT INTO secrets (resource_id, value) VALUES ($1, $2) RETURNING version",
+            &[&sentinel(), &&b"sentinel"[..]],
+        )
+        .await
+        .ctx(|| "adding a sentinel version".into())?;
+    Ok(row.get(0))
 }
 
 /// A fixed 61-byte value shaped like a Conjur ciphertext (SQL expression).
@@ -286,8 +361,10 @@ fn variables_sql() -> String {
 pub async fn write(
     leader: &mut Client,
     workload: Workload,
+    schema: Schema,
     sizes: &Sizes,
 ) -> Result<u64, HarnessError> {
+    let value_sql = schema.value_sql();
     match workload {
         Workload::W1 => {
             let n = sizes.w1_transactions;
@@ -295,7 +372,7 @@ pub async fn write(
                 "DO $bench$ DECLARE
                    vars text[] := ARRAY({vars});
                    nv int := cardinality(vars);
-                   val bytea := {VALUE_SQL};
+                   val bytea := {value_sql};
                  BEGIN
                    FOR i IN 1..{n} LOOP
                      INSERT INTO secrets (resource_id, value) VALUES (vars[1 + i % nv], val);
@@ -315,7 +392,7 @@ pub async fn write(
             let sql = format!(
                 "WITH v AS (SELECT array_agg(resource_id) AS a FROM ({vars}) s)
                  INSERT INTO secrets (resource_id, value)
-                 SELECT v.a[1 + i % cardinality(v.a)], {VALUE_SQL} FROM v, generate_series(1, {n}) i",
+                 SELECT v.a[1 + i % cardinality(v.a)], {value_sql} FROM v, generate_series(1, {n}) i",
                 vars = variables_sql()
             );
             leader

@@ -24,7 +24,7 @@ use crate::reconcile::ReconcileError;
 pub mod start;
 use crate::config::Config;
 use crate::copy::CopyError;
-use crate::fanout::{DetachReason, Fanout, SendError, Standing};
+use crate::fanout::{DetachReason, EventBatch, Fanout, SendError, Standing, lane_capacity};
 use crate::feedback::Feedback;
 use crate::filter::{FilterStage, FilterStageError};
 use crate::metrics::{FollowerHealth, MetricsError, StreamMetrics, Telemetry, count_error};
@@ -404,7 +404,7 @@ async fn run_session(
             }
             Err(e) => return Err(e.into()),
         };
-        let (tx, rx) = mpsc::channel::<TxnEvent>(config.apply.buffer_events);
+        let (tx, rx) = mpsc::channel::<EventBatch>(lane_capacity(config.apply.buffer_events));
         lanes.push(Some(tx));
         abort_handles.push(Some(
             sinks.spawn(async move { (index, run_sink(sink, rx).await) }),
@@ -428,9 +428,25 @@ async fn run_session(
     let mut filter = FilterStage::new(model, model_at);
     let mut seen = StreamMetrics::default();
     let mut last_received = start_lsn;
+    // Frames taken straight from the read buffer (or the socket) before the
+    // next look at shutdown, the sinks and rejoins.
+    let mut ready_budget = 0u32;
     let reader: Result<SessionEnd, RunError> = async {
         loop {
-            let frame = tokio::select! {
+            // While the leader's bytes are at hand, read on; only before
+            // waiting hand the queued events to the sinks and look around.
+            let ready = if ready_budget > 0 {
+                futures_util::FutureExt::now_or_never(stream.next_copy_data())
+            } else {
+                None
+            };
+            let frame = if let Some(frame) = ready {
+                ready_budget -= 1;
+                frame?
+            } else {
+            ready_budget = READY_BUDGET;
+            fanout.flush().await.map_err(send_error)?;
+            tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -479,6 +495,7 @@ async fn run_session(
                     return Ok(SessionEnd::Rewind { follower: roster.name(index).to_owned() });
                 }
                 frame = stream.next_copy_data() => frame?,
+            }
             };
             let Some(frame) = frame else {
                 return Err(SourceError::Protocol(
@@ -605,6 +622,17 @@ async fn check_publication(leader: &Client, publication: &str) -> Result<(), Run
     }
 }
 
+/// Frames the reader takes while they are ready before it looks at
+/// shutdown, the sinks and rejoins again.
+const READY_BUDGET: u32 = 256;
+
+fn send_error(e: SendError) -> RunError {
+    match e {
+        SendError::SinkStopped(_) => RunError::Setup("a follower sink stopped".into()),
+        SendError::NoFollower => RunError::Setup("every follower is detached".into()),
+    }
+}
+
 async fn forward(
     filter: &mut FilterStage,
     seen: &mut StreamMetrics,
@@ -613,31 +641,41 @@ async fn forward(
 ) -> Result<(), RunError> {
     filter.process(&mut event)?;
     seen.observe(&event);
-    fanout.send(event).await.map_err(|e| match e {
-        SendError::SinkStopped(_) => RunError::Setup("a follower sink stopped".into()),
-        SendError::NoFollower => RunError::Setup("every follower is detached".into()),
-    })
+    fanout.send(event).await.map_err(send_error)
 }
 
-async fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<TxnEvent>) -> Result<(), ApplyError> {
+async fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<EventBatch>) -> Result<(), ApplyError> {
     let result = async {
         loop {
-            let event = if sink.has_open_group_at_boundary() {
+            let batch = if sink.has_open_group_at_boundary() {
                 match rx.try_recv() {
-                    Ok(event) => event,
+                    Ok(batch) => batch,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        sink.commit_group().await?;
-                        continue;
+                        // Behind the leader: more is coming, let the group grow.
+                        let next = match sink.group_hold() {
+                            Some(hold) => tokio::time::timeout(hold, rx.recv()).await.ok(),
+                            None => None,
+                        };
+                        match next {
+                            Some(Some(batch)) => batch,
+                            Some(None) => break,
+                            None => {
+                                sink.commit_group().await?;
+                                continue;
+                            }
+                        }
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
             } else {
                 match rx.recv().await {
-                    Some(event) => event,
+                    Some(batch) => batch,
                     None => break,
                 }
             };
-            sink.handle(&event).await?;
+            for event in &batch {
+                sink.handle(event).await?;
+            }
         }
         if sink.has_open_group_at_boundary() {
             sink.commit_group().await?;

@@ -13,18 +13,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use pgsieve_filters::SetMask;
 use pgsieve_protocol::pgoutput::{Column, OldTuple, Relation, Truncate, TupleData};
 use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio_postgres::{Client, Statement};
 
 use super::catalog::{SchemaMismatch, match_relation};
+use super::copy_in::encode_copy_row;
 use super::origin::{FORCE_XID_SQL, XACT_SETUP_SQL};
 use super::pipeline::Pipeline;
+use super::pipeline::StatementResult;
 use super::statements::{TableShape, truncate_sql};
 use super::value::WireValue;
 use crate::metrics::{FollowerMetrics, TableMetrics};
 use crate::txn::{RowChange, RowOp, TxnCommit, TxnEvent};
+use futures_util::task::noop_waker_ref;
+use std::future::Future;
 
 /// Where an apply failure happened.
 #[derive(Debug, Clone)]
@@ -36,6 +41,16 @@ pub struct ApplyContext {
     /// `insert`, `update`, `delete`, `truncate`, `commit`, …
     pub op: &'static str,
 }
+
+/// A leader commit older than this means the sink is replaying a backlog:
+/// groups then fill up to their time bound ([`Sink::group_hold`]).
+const BACKLOG_LAG: Duration = Duration::from_millis(200);
+
+/// Plain inserts into one table that go out as one `COPY` at most (and
+/// fewer go out as multi-row INSERTs: a COPY waits for the follower to
+/// accept it before its rows can follow).
+const COPY_MAX_ROWS: usize = 4096;
+const COPY_MIN_ROWS: usize = 64;
 
 /// Statements one follower connection may have unanswered.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -274,6 +289,8 @@ struct TableApply {
     /// Multi-row inserts by (row count, upsert): 1 and powers of two up to
     /// the maximum.
     inserts: HashMap<(usize, bool), Statement>,
+    /// `COPY … FROM STDIN`, prepared at its first use.
+    copy: Option<Statement>,
     delete: Statement,
     /// UPDATE statements by the set of unchanged-TOAST columns they leave out.
     updates: HashMap<Box<[u64]>, Statement>,
@@ -320,6 +337,10 @@ impl ColumnSet {
 struct Group {
     started: Instant,
     rows: u64,
+    /// Whether BEGIN was sent. It goes out with the group's first statement:
+    /// a run of leader transactions whose rows were all filtered out costs
+    /// the follower nothing, and their end LSN rides on the next commit.
+    begun: bool,
     wrote: bool,
     last_end: Lsn,
     last_time: PgTimestamp,
@@ -390,11 +411,7 @@ impl std::fmt::Debug for Sink {
 }
 
 fn wire(tuple: &TupleData, column: Column<'_>) -> WireValue {
-    match column {
-        Column::Null | Column::UnchangedToast => WireValue::NULL,
-        Column::Text(b) => WireValue::text(tuple.encoded_columns().slice_ref(b)),
-        Column::Binary(b) => WireValue::binary(tuple.encoded_columns().slice_ref(b)),
-    }
+    WireValue::from_column(tuple, column)
 }
 
 impl Sink {
@@ -480,8 +497,45 @@ impl Sink {
     /// Whether a follower transaction is open between two leader
     /// transactions: the caller should commit it when no more events are
     /// ready.
+    ///
+    /// A group that has nothing to apply yet (every row so far was filtered
+    /// out) is not worth a commit: it waits for the next statement, the time bound
+    /// or an idle keepalive ([`TxnEvent::Idle`]) to carry its progress.
     pub fn has_open_group_at_boundary(&self) -> bool {
-        self.group.as_ref().is_some_and(|g| !g.in_leader_txn)
+        self.group
+            .as_ref()
+            .is_some_and(|g| !g.in_leader_txn && (g.begun || g.wrote))
+    }
+
+    /// How long to keep the open group waiting for more leader transactions
+    /// when none is ready: while replaying a backlog (the last leader commit
+    /// is over [`BACKLOG_LAG`] old), until the group's time bound, so a
+    /// catch-up commits a few large groups rather than one per reader
+    /// burst; live (or at the bound), not at all.
+    pub fn group_hold(&self) -> Option<Duration> {
+        let group = self.group.as_ref()?;
+        let lag_micros = PgTimestamp::now().0.saturating_sub(group.last_time.0);
+        if lag_micros < BACKLOG_LAG.as_micros() as i64 {
+            return None;
+        }
+        self.limits
+            .max_wait
+            .checked_sub(group.started.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Sends the open group's BEGIN if it has not gone out yet: called before
+    /// any statement of the group.
+    async fn begin_if_needed(&mut self) -> Result<(), ApplyError> {
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        if group.begun {
+            return Ok(());
+        }
+        group.begun = true;
+        let commit_lsn = group.commit_lsn;
+        self.push_control(Control::Begin, commit_lsn).await
     }
 
     fn fail(&self, (source, context): (tokio_postgres::Error, ApplyContext)) -> ApplyError {
@@ -501,6 +555,7 @@ impl Sink {
         params: Vec<WireValue>,
         context: ApplyContext,
     ) -> Result<(), ApplyError> {
+        self.begin_if_needed().await?;
         let client = self.client.clone();
         let statement = statement.clone();
         let weight = params.len().max(1);
@@ -589,10 +644,10 @@ impl Sink {
             TxnEvent::Begin(begin) => {
                 if self.group.is_none() {
                     self.commit_times.clear();
-                    self.push_control(Control::Begin, begin.commit_lsn).await?;
                     self.group = Some(Group {
                         started: Instant::now(),
                         rows: 0,
+                        begun: false,
                         wrote: false,
                         last_end: Lsn::ZERO,
                         last_time: begin.commit_time,
@@ -659,6 +714,7 @@ impl Sink {
                 name,
                 relation: relation.clone(),
                 inserts: HashMap::from([((1, true), insert)]),
+                copy: None,
                 delete,
                 updates: HashMap::new(),
                 unchanged: ColumnSet::with_columns(relation.columns.len()),
@@ -704,18 +760,22 @@ impl Sink {
         };
         let (statement, params) = match &change.op {
             RowOp::Insert(insert) => {
-                let max_rows = table.shape.max_insert_rows();
                 let upsert = commit_lsn < self.upsert_until;
+                // Plain inserts gather for one COPY; upserts go by INSERT.
+                let max_rows = match self.batch.as_ref().map_or(upsert, |b| b.upsert) {
+                    true => table.shape.max_insert_rows(),
+                    false => COPY_MAX_ROWS,
+                };
                 let batch = self.batch.get_or_insert_with(|| InsertBatch {
                     oid,
                     rows: 0,
-                    params: Vec::with_capacity(max_rows.min(64) * insert.new.len()),
+                    params: Vec::with_capacity(
+                        table.shape.max_insert_rows().max(COPY_MIN_ROWS) * insert.new.len(),
+                    ),
                     commit_lsn,
                     upsert,
                 });
-                batch
-                    .params
-                    .extend(insert.new.columns().map(|c| wire(&insert.new, c)));
+                super::value::encode_row(&insert.new, &mut batch.params);
                 batch.rows += 1;
                 let full = batch.rows >= max_rows;
                 table.metrics.forwarded.increment(1);
@@ -822,6 +882,7 @@ impl Sink {
             table: Arc::from(names.join(", ")),
             op: "truncate",
         };
+        self.begin_if_needed().await?;
         self.pipeline
             .push(
                 async move { client.batch_execute(&sql).await.map(|_| 0) },
@@ -910,6 +971,27 @@ impl Sink {
         let width = table.shape.columns.len().max(1);
         let max_rows = table.shape.max_insert_rows();
         let name = table.name.clone();
+        if !batch.upsert && batch.rows >= COPY_MIN_ROWS && batch.params.len() == batch.rows * width
+        {
+            let mut data = BytesMut::with_capacity(batch.params.len() * 16);
+            let encoded = batch
+                .params
+                .chunks(width)
+                .all(|row| encode_copy_row(row, &mut data));
+            if encoded {
+                let statement = self.copy_statement(batch.oid, batch.commit_lsn).await?;
+                let context = ApplyContext {
+                    commit_lsn: batch.commit_lsn,
+                    table: name,
+                    op: "insert",
+                };
+                let weight = batch.params.len();
+                drop(batch);
+                return self
+                    .push_copy(statement, data.freeze(), context, weight)
+                    .await;
+            }
+        }
         while batch.rows > 0 {
             let chunk = if batch.rows >= max_rows {
                 max_rows
@@ -933,6 +1015,80 @@ impl Sink {
             self.push(&statement, params, context).await?;
         }
         Ok(())
+    }
+
+    async fn copy_statement(&mut self, oid: u32, commit_lsn: Lsn) -> Result<Statement, ApplyError> {
+        let Some(table) = self.tables.get_mut(&oid) else {
+            return Err(ApplyError::Invalid {
+                follower: self.follower.clone(),
+                commit_lsn,
+                what: format!("insert for unknown relation {oid}"),
+            });
+        };
+        if let Some(statement) = &table.copy {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .prepare(&table.shape.copy_sql())
+            .await
+            .map_err(|source| ApplyError::Statement {
+                follower: self.follower.clone(),
+                commit_lsn,
+                table: table.name.clone(),
+                op: "prepare copy",
+                source,
+            })?;
+        table.copy = Some(statement.clone());
+        Ok(statement)
+    }
+
+    /// Queues one `COPY … FROM STDIN` of `data` (rows in text format).
+    ///
+    /// The COPY runs as a task of its own: its rows can only follow the
+    /// follower's acceptance (a round trip), and later statements wait behind
+    /// it on the connection, so it must not wait for the pipeline's next look
+    /// at its answers. Order is kept by the connection, which sends requests
+    /// in the order they were made.
+    async fn push_copy(
+        &mut self,
+        statement: Statement,
+        data: Bytes,
+        context: ApplyContext,
+        weight: usize,
+    ) -> Result<(), ApplyError> {
+        self.begin_if_needed().await?;
+        let client = self.client.clone();
+        let copy = async move {
+            let sink = client.copy_in::<_, Bytes>(&statement).await?;
+            futures_util::pin_mut!(sink);
+            futures_util::SinkExt::send(&mut sink, data).await?;
+            sink.finish().await
+        };
+        // The first poll queues the request on the connection, now, before
+        // any later statement; the task then sends the rows once the
+        // follower accepts the COPY.
+        let mut copy: std::pin::Pin<Box<dyn Future<Output = StatementResult> + Send>> =
+            Box::pin(copy);
+        let first = copy
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(noop_waker_ref()));
+        let task = match first {
+            std::task::Poll::Ready(result) => tokio::spawn(std::future::ready(result)),
+            std::task::Poll::Pending => tokio::spawn(copy),
+        };
+        let future = async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        self.pipeline
+            .push_weighted(future, context, weight)
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     async fn insert_statement(
@@ -978,11 +1134,10 @@ impl Sink {
     }
 
     async fn commit_open_group(&mut self) -> Result<(), ApplyError> {
-        let Some(group) = self.group.take() else {
+        let Some(group) = &self.group else {
             return Ok(());
         };
         if group.in_leader_txn {
-            self.group = Some(group);
             return Err(ApplyError::Invalid {
                 follower: self.follower.clone(),
                 commit_lsn: self.commit_lsn(),
@@ -990,6 +1145,12 @@ impl Sink {
             });
         }
         self.flush_batch().await?;
+        // Nothing sent yet (only filtered rows, or an idle position): the
+        // progress still needs a transaction of its own.
+        self.begin_if_needed().await?;
+        let Some(group) = self.group.take() else {
+            return Ok(());
+        };
         if !group.wrote {
             self.push_control(Control::ForceXid, group.commit_lsn)
                 .await?;
@@ -1021,20 +1182,29 @@ impl Sink {
     }
 
     async fn on_idle(&mut self, wal_end: Lsn) -> Result<(), ApplyError> {
+        let idle_write_due = self.last_idle_write.elapsed() >= Duration::from_millis(500);
         if let Some(group) = &mut self.group {
             if group.in_leader_txn {
                 return Ok(());
             }
             group.last_end = group.last_end.max(wal_end);
+            // A group of filtered transactions only has progress to write:
+            // as rate-limited as any idle write.
+            if !group.begun {
+                if !idle_write_due {
+                    return Ok(());
+                }
+                self.last_idle_write = Instant::now();
+            }
             return self.commit_group().await;
         }
         let behind = wal_end > self.progress.committed_end();
-        if behind && self.last_idle_write.elapsed() >= Duration::from_millis(500) {
+        if behind && idle_write_due {
             self.last_idle_write = Instant::now();
-            self.push_control(Control::Begin, wal_end).await?;
             self.group = Some(Group {
                 started: Instant::now(),
                 rows: 0,
+                begun: false,
                 wrote: false,
                 last_end: wal_end,
                 last_time: PgTimestamp::now(),
@@ -1051,7 +1221,7 @@ impl Sink {
         self.batch = None;
         self.commit_times.clear();
         self.pipeline.clear();
-        if self.group.take().is_some() {
+        if self.group.take().is_some_and(|g| g.begun) {
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
     }
@@ -1076,6 +1246,7 @@ impl Sink {
         future: impl std::future::Future<Output = super::pipeline::StatementResult> + Send + 'static,
         context: ApplyContext,
     ) -> Result<(), ApplyError> {
+        self.begin_if_needed().await?;
         self.pipeline
             .push(future, context)
             .await

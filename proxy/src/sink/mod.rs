@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod copy_in;
 pub mod origin;
 pub mod pipeline;
 pub mod resync;

@@ -56,6 +56,12 @@ impl TableShape {
         (65_535 / self.columns.len().max(1)).clamp(1, 256)
     }
 
+    /// `COPY … FROM STDIN` of all columns in the leader's order (text
+    /// format): runs of plain inserts ([`super::copy_in`]).
+    pub fn copy_sql(&self) -> String {
+        format!("COPY {} ({}) FROM STDIN", self.table, self.column_list())
+    }
+
     /// INSERT of `rows` rows at once (parameters row by row); with `upsert`,
     /// ON CONFLICT on the primary key. Consecutive leader inserts into one
     /// table travel in one statement; two of them never share a key (the
@@ -221,6 +227,14 @@ mod tests {
             secrets().insert_rows_sql(2, false),
             "INSERT INTO \"public\".\"secrets\" (\"resource_id\", \"version\", \"value\", \"expires_at\") \
              VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)"
+        );
+    }
+
+    #[test]
+    fn copy_names_every_column_in_leader_order() {
+        assert_eq!(
+            secrets().copy_sql(),
+            "COPY \"public\".\"secrets\" (\"resource_id\", \"version\", \"value\", \"expires_at\") FROM STDIN"
         );
     }
 

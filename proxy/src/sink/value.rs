@@ -1,6 +1,7 @@
 //! Column values as they came off the wire, passed to the follower untouched.
 
 use bytes::{Bytes, BytesMut};
+use pgsieve_protocol::pgoutput::{Column, TupleData};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 
 /// A parameter carrying pgoutput's own encoding of a value: text (the
@@ -35,6 +36,41 @@ impl WireValue {
             binary: true,
         }
     }
+}
+
+impl WireValue {
+    /// The value's text form (`Ok(None)` for NULL), or `Err(())` when it is
+    /// in binary form.
+    #[allow(clippy::result_unit_err)]
+    pub fn text_bytes(&self) -> Result<Option<&[u8]>, ()> {
+        match (&self.data, self.binary) {
+            (None, _) => Ok(None),
+            (Some(data), false) => Ok(Some(data)),
+            (Some(_), true) => Err(()),
+        }
+    }
+
+    /// One column of a received tuple as a parameter: a slice of the frame it
+    /// arrived in (a reference count, no copy, no allocation). An
+    /// unchanged-TOAST column has no value here; callers leave it out.
+    pub fn from_column(tuple: &TupleData, column: Column<'_>) -> WireValue {
+        match column {
+            Column::Null | Column::UnchangedToast => WireValue::NULL,
+            Column::Text(b) => WireValue::text(tuple.encoded_columns().slice_ref(b)),
+            Column::Binary(b) => WireValue::binary(tuple.encoded_columns().slice_ref(b)),
+        }
+    }
+}
+
+/// Appends every column of `tuple` to `params` (one multi-row INSERT's
+/// parameters, row after row). Allocates only when `params` must grow: a
+/// batch reserves its room once, so a row costs no allocation.
+pub fn encode_row(tuple: &TupleData, params: &mut Vec<WireValue>) {
+    params.extend(
+        tuple
+            .columns()
+            .map(|column| WireValue::from_column(tuple, column)),
+    );
 }
 
 impl ToSql for WireValue {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgsieve_filters::{Effects, SetMask};
+use pgsieve_filters::SetMask;
 use pgsieve_protocol::pgoutput::{
     LogicalMessage, OldTuple, ParseContext, PgOutputDecoder, Relation, TupleData,
 };
@@ -147,7 +147,7 @@ impl Assembler {
                     commit_lsn: commit.commit_lsn,
                     end_lsn: commit.end_lsn,
                     commit_time: commit.commit_time,
-                    effects: Arc::new(Effects::default()),
+                    effects: super::event::no_effects(),
                 }))
             }
             LogicalMessage::Relation(relation) => {
@@ -232,7 +232,7 @@ impl Assembler {
                         commit_lsn: commit.commit_lsn,
                         end_lsn: commit.end_lsn,
                         commit_time: commit.commit_time,
-                        effects: Arc::new(Effects::default()),
+                        effects: super::event::no_effects(),
                     },
                 }))
             }

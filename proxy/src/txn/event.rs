@@ -62,6 +62,14 @@ pub struct TxnCommit {
     pub effects: Arc<Effects>,
 }
 
+/// The effects of a transaction that flipped nothing (nearly all of them),
+/// shared: a commit costs a reference count, not an allocation.
+pub fn no_effects() -> Arc<Effects> {
+    static NO_EFFECTS: std::sync::LazyLock<Arc<Effects>> =
+        std::sync::LazyLock::new(|| Arc::new(Effects::default()));
+    NO_EFFECTS.clone()
+}
+
 /// A decoded DML change and the sets it is forwarded to.
 #[derive(Debug, Clone)]
 pub struct RowChange {
