@@ -256,6 +256,10 @@ pub(crate) struct FollowerSession {
     set_bit: Option<usize>,
     resync: Option<Resync>,
     detached: Option<DetachReason>,
+    /// Until the stream passes this position, inserts may meet rows the
+    /// session start copied ahead of it (set by `start` when the reconcile
+    /// backfilled anything).
+    upsert_until: Lsn,
 }
 
 /// Connects a follower and binds its replication origin.
@@ -311,6 +315,7 @@ async fn run_session(
             set_bit,
             resync: f.replica_set.clone().map(Resync::new),
             detached,
+            upsert_until: Lsn::ZERO,
         });
     }
     if followers.iter().all(|f| f.client.is_none()) {
@@ -382,9 +387,9 @@ async fn run_session(
             resync: f.resync,
             limits,
             skip_until: f.origin_lsn,
-            // The reconcile copied rows as of `model_at`: until the stream
-            // passes it, inserts may meet them.
-            upsert_until: standings[index].upsert_until.max(model_at),
+            // A reconcile that copied rows as of the session's snapshot:
+            // until the stream passes it, inserts may meet them.
+            upsert_until: standings[index].upsert_until.max(f.upsert_until),
         };
         let sink = match Sink::new(spec, client, leader.clone(), progress).await {
             Ok(sink) => sink,

@@ -234,6 +234,12 @@ pub(crate) async fn prepare(
                 let report =
                     reconcile_follower(snapshot.client(), &client, &f.name, &model, f.set_bit)
                         .await?;
+                if report.backfilled_rows > 0 {
+                    // Rows copied as of `at`: the replay up to `at` may insert
+                    // them again. Only then are the window's inserts upserts
+                    // (a backlog catch-up keeps its plain inserts and COPY).
+                    f.upsert_until = at;
+                }
                 if report.purged + report.backfilled_rows > 0 {
                     crate::metrics::followers::record(&f.name).resynced(format!(
                         "reconcile at start: {} resources purged, {} secrets rows backfilled",
