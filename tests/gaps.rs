@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::invariants::{LeakWatch, LeakWatched};
-use pgsieve::harness::oracle::OracleRule;
 use pgsieve::harness::process::{PgsieveProcess, run_pgsieve};
 use pgsieve::harness::workload::{Change, apply_changes, rotate_secret};
 
 use crate::support::sampler::Sampler;
-use crate::support::scene::{SLOT, Scene, start_again_streaming};
+use crate::support::scene::{SLOT, Scene, assert_follower_equals_leader, start_again_streaming};
 use crate::support::{assert_no_leak, ok, rows_written_since, xid_horizon};
 
 /// Leader changes of every kind: a grant and a revoke into east, a role
@@ -252,9 +251,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_removed_from_a_hub_and_added_back_is_resynced() {
-    use pgsieve::conjur::CONJUR_TABLES;
     use pgsieve::harness::Topology;
-    use pgsieve::harness::compare::follower_diff;
     use pgsieve::harness::conjur::ReplicaSet;
     use pgsieve::harness::generate::PolicySpec;
     use pgsieve::harness::process::{FollowerEntry, PgsieveConfig};
@@ -319,23 +316,7 @@ async fn a_follower_removed_from_a_hub_and_added_back_is_resynced() {
     assert!(pgsieve.terminate(Duration::from_secs(20)).is_some());
     start_again_streaming(&mut pgsieve);
     for (f, set) in followers.iter().zip([&east, &west]) {
-        wait_caught_up(&leader, f, &origin, &pgsieve, Duration::from_secs(60)).await;
-        let diff = ok(follower_diff(
-            &leader,
-            f,
-            CONJUR_TABLES,
-            &set.data_group(),
-            OracleRule::Execute,
-            &[],
-        )
-        .await);
-        assert!(
-            diff.is_empty(),
-            "{}: {}\n{}",
-            set.name,
-            diff.join("\n"),
-            pgsieve.log()
-        );
+        assert_follower_equals_leader(&leader, f, &origin, set, &pgsieve, "the rejoin").await;
     }
     assert!(
         pgsieve.log().contains("follower=west gap=its origin"),

@@ -122,29 +122,8 @@ impl Scene {
         set: &ReplicaSet,
         step: &str,
     ) {
-        wait_caught_up(
-            &self.leader,
-            &self.follower,
-            ORIGIN,
-            process,
-            Duration::from_secs(60),
-        )
-        .await;
-        let diff = ok(follower_diff(
-            &self.leader,
-            &self.follower,
-            CONJUR_TABLES,
-            &set.data_group(),
-            OracleRule::Execute,
-            &[],
-        )
-        .await);
-        assert!(
-            diff.is_empty(),
-            "after {step}, the follower differs from the leader:\n{}\npgsieve log:\n{}",
-            diff.join("\n"),
-            process.log()
-        );
+        assert_follower_equals_leader(&self.leader, &self.follower, ORIGIN, set, process, step)
+            .await;
     }
 
     /// Starts `pgsieve` with the follower in `east` and waits for its
@@ -194,4 +173,34 @@ pub fn wait_streaming(pgsieve: &PgsieveProcess, n: usize) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `follower` (replication origin `origin`) has applied what the
+/// leader committed, then asserts every Conjur table equals the leader's and
+/// `secrets` the projection of `set` (rule `execute`), naming `step`.
+pub async fn assert_follower_equals_leader(
+    leader: &Client,
+    follower: &Client,
+    origin: &str,
+    set: &ReplicaSet,
+    process: &PgsieveProcess,
+    step: &str,
+) {
+    wait_caught_up(leader, follower, origin, process, Duration::from_secs(60)).await;
+    let diff = ok(follower_diff(
+        leader,
+        follower,
+        CONJUR_TABLES,
+        &set.data_group(),
+        OracleRule::Execute,
+        &[],
+    )
+    .await);
+    assert!(
+        diff.is_empty(),
+        "after {step}, the follower of {} differs from the leader:\n{}\npgsieve log:\n{}",
+        set.name,
+        diff.join("\n"),
+        process.log()
+    );
 }
