@@ -44,7 +44,6 @@
 
 use std::time::{Duration, Instant};
 
-use pgsieve_protocol::Lsn;
 use tokio::sync::mpsc;
 
 use crate::txn::TxnEvent;
@@ -286,44 +285,10 @@ impl Fanout {
     }
 }
 
-/// Per-follower standing that outlives one session: how often it fell
-/// behind in a row (rejoin backoff) and the last durable progress known
-/// (held in the feedback while it is unreachable).
-#[derive(Debug, Clone, Default)]
-pub struct Standing {
-    /// Consecutive detachments without a session that kept it a minute.
-    pub detaches: u32,
-    /// Its durable progress when last seen.
-    pub last_progress: Option<Lsn>,
-    /// Set when it failed for good: not reconnected until pgsieve restarts.
-    pub failed: Option<String>,
-    /// Inserts of transactions committed before this are applied as upserts
-    /// (raised by a duplicate key; see `ApplyError::duplicate_key_at`).
-    pub upsert_until: Lsn,
-}
-
-impl Standing {
-    /// Learns from a failed apply: a duplicate key of a plain INSERT means
-    /// the follower must re-apply with upserts through that transaction and
-    /// everything already `received` (one restart, not one per row).
-    pub fn note_apply_error(&mut self, error: &crate::sink::ApplyError, received: Lsn) {
-        if let Some(lsn) = error.duplicate_key_at() {
-            let through = received.max(Lsn(lsn.0 + 1));
-            tracing::warn!(follower = %error.follower(), at = %lsn, %through, "The follower already held a row a plain INSERT wrote: resuming with upserts through what was received.");
-            self.upsert_until = self.upsert_until.max(through);
-        }
-    }
-
-    /// Delay before a detached follower tries to rejoin.
-    pub fn rejoin_delay(&self) -> Duration {
-        let exp = self.detaches.saturating_sub(1).min(6);
-        (Duration::from_secs(1) * (1 << exp)).min(Duration::from_secs(60))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgsieve_protocol::Lsn;
 
     const DETACH: Duration = Duration::from_millis(100);
 
@@ -445,20 +410,5 @@ mod tests {
             send_now(&mut fanout, idle(3)).await,
             Err(SendError::NoFollower)
         );
-    }
-
-    #[test]
-    fn rejoin_backoff_doubles_to_a_minute() {
-        let delays: Vec<u64> = (0..10)
-            .map(|detaches| {
-                Standing {
-                    detaches,
-                    ..Standing::default()
-                }
-                .rejoin_delay()
-                .as_secs()
-            })
-            .collect();
-        assert_eq!(delays, [1, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }

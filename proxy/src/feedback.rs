@@ -16,7 +16,7 @@ use pgsieve_protocol::frame::StandbyStatusUpdate;
 use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio::sync::{Notify, watch};
 
-use crate::sink::Progress;
+use crate::progress::Progress;
 use crate::source::{SourceError, StatusSender};
 
 /// Shared state between the reader, the sinks and the feedback task.

@@ -37,7 +37,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::feedback::Feedback;
-use crate::sink::Progress;
+use crate::progress::Progress;
 use crate::txn::TxnEvent;
 
 use self::followers::{Event, FollowerRecord};

@@ -1,7 +1,7 @@
 //! What the running process remembers of each follower beyond counters:
 //! its last apply error, its last re-sync, and the stall and lag-in-seconds
 //! tracking that must outlive one streaming session (a reconnect builds new
-//! sinks and a new [`Progress`](crate::sink::Progress); a stall that spans
+//! sinks and a new [`Progress`](crate::progress::Progress); a stall that spans
 //! reconnects is still one stall).
 //!
 //! Records live in a process-wide registry keyed by follower name, like the
@@ -40,7 +40,7 @@ pub(crate) struct Track {
     /// Highest applied end LSN seen.
     pub applied: Lsn,
     /// The session and its statement count last seen
-    /// ([`Progress::statements`](crate::sink::Progress::statements)).
+    /// ([`Progress::statements`](crate::progress::Progress::statements)).
     pub session: (u64, u64),
     /// Since when the follower has been behind the leader without moving.
     pub waiting_since: Option<Instant>,

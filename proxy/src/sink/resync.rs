@@ -16,9 +16,21 @@ use pgsieve_filters::{Flip, ReplicaSetSpec, Rule};
 use pgsieve_protocol::Lsn;
 use tokio_postgres::Client;
 
-use super::apply::{ApplyContext, ApplyError, Sink};
+use super::connection::FollowerConnection;
+use super::error::{ApplyContext, ApplyError, Operation, Statement};
 use super::secrets::{BACKFILL_CHUNK_IDS, SecretsTable};
 use crate::conjur::SECRETS_QUALIFIED as SECRETS;
+use crate::metrics::FollowerMetrics;
+
+/// What one re-sync did.
+#[derive(Debug, Clone, Copy)]
+pub struct Resynced {
+    /// Rows copied from the leader.
+    pub rows: u64,
+    /// The leader WAL position after the copy's snapshot, when rows may
+    /// have been copied ahead of the stream (inserts until it are upserts).
+    pub copied_through: Option<Lsn>,
+}
 
 /// Per-follower re-sync of flipped variables.
 #[derive(Debug)]
@@ -114,155 +126,184 @@ impl Resync {
         }
     }
 
-    async fn prepare(&mut self, client: &Client, follower: &str) -> Result<&Prepared, ApplyError> {
+    async fn prepare(&mut self, conn: &mut FollowerConnection) -> Result<&Prepared, ApplyError> {
         if self.prepared.is_none() {
-            let table =
-                SecretsTable::prepare(client)
-                    .await
-                    .map_err(|source| ApplyError::Statement {
-                        follower: follower.to_owned(),
-                        commit_lsn: Lsn::ZERO,
-                        table: Arc::from(SECRETS),
-                        op: "prepare resync",
-                        source,
-                    })?;
+            let context = ApplyContext {
+                commit_lsn: Lsn::ZERO,
+                table: Arc::from(SECRETS),
+                op: Operation::Prepare(Statement::Resync),
+            };
+            let client = conn.settled().await?;
+            let table = SecretsTable::prepare(client)
+                .await
+                .map_err(|source| ApplyError::statement(conn.follower(), context, source))?;
             let select_sql = select_sql(&table.leader_select_list());
             self.prepared = Some(Prepared { table, select_sql });
         }
-        self.prepared.as_ref().ok_or_else(|| ApplyError::Invalid {
-            follower: follower.to_owned(),
-            commit_lsn: Lsn::ZERO,
-            what: "resync statements missing".into(),
+        self.prepared.as_ref().ok_or_else(|| {
+            ApplyError::invalid(conn.follower(), Lsn::ZERO, "resync statements missing")
         })
     }
 
     /// Re-syncs `flips` (all of this follower's set) inside the open
-    /// follower transaction; returns the rows copied.
+    /// follower transaction.
     pub async fn run(
         &mut self,
-        sink: &mut Sink,
-        xid: u32,
-        commit_lsn: Lsn,
+        conn: &mut FollowerConnection,
+        leader: &Client,
+        metrics: &FollowerMetrics,
+        (xid, commit_lsn): (u32, Lsn),
         flips: &[&Flip],
-    ) -> Result<u64, ApplyError> {
-        let client = sink.client().clone();
-        let follower = sink.follower().to_owned();
-        let prepared = self.prepare(&client, &follower).await?;
-        let (delete, insert, select) = (
-            prepared.table.delete.clone(),
-            prepared.table.insert.clone(),
-            prepared.select_sql.clone(),
-        );
+    ) -> Result<Resynced, ApplyError> {
         let (wanted, leaving): (Vec<&Flip>, Vec<&Flip>) =
             flips.iter().copied().partition(|f| f.now_in);
-        // Ids are copied a chunk at a time: one grant may flip a whole
-        // policy's variables, and memory must not grow with that.
-        let ids = |flips: &[&Flip]| -> Vec<String> {
-            flips.iter().map(|f| f.resource_id.clone()).collect()
-        };
-        let context = |op: &'static str| ApplyContext {
-            commit_lsn,
-            table: Arc::from(SECRETS),
-            op,
-        };
         // Variables that left the set: purge (counted as such). Variables
         // that entered it: clear whatever the follower holds, then copy.
-        if !leaving.is_empty() {
-            sink.metrics().purged(leaving.len() as u64);
+        self.purge(conn, metrics, commit_lsn, &leaving).await?;
+        if wanted.is_empty() {
+            return Ok(Resynced {
+                rows: 0,
+                copied_through: None,
+            });
         }
+        let follower = conn.follower().to_owned();
+        let leader_err = |op: Operation| {
+            let follower = follower.clone();
+            move |source| ApplyError::statement(&follower, secrets_context(commit_lsn, op), source)
+        };
+        let visible = wait_visible(leader, xid)
+            .await
+            .map_err(leader_err(Operation::ResyncWait))?;
+        if !visible {
+            return Err(ApplyError::invalid(
+                conn.follower(),
+                commit_lsn,
+                format!(
+                    "leader transaction {xid} was still invisible to new snapshots after \
+                     {VISIBLE_TIMEOUT:?}; cannot re-sync its grants"
+                ),
+            ));
+        }
+        let rows = self.copy(conn, leader, commit_lsn, &wanted).await?;
+        // Every transaction the query's snapshot saw committed before the
+        // WAL position read after it: until the stream passes it, inserts
+        // may meet rows just copied.
+        let after: String = leader
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(leader_err(Operation::ResyncRead))?
+            .get(0);
+        let after: Lsn = after.parse().map_err(|_| {
+            ApplyError::invalid(
+                conn.follower(),
+                commit_lsn,
+                format!("the leader returned an unreadable WAL position {after:?}"),
+            )
+        })?;
+        metrics.backfilled(wanted.len() as u64, rows);
+        Ok(Resynced {
+            rows,
+            copied_through: Some(after),
+        })
+    }
+
+    /// Deletes the rows of variables that left the set, a chunk of ids at a
+    /// time (one revoke may flip a whole policy's variables).
+    async fn purge(
+        &mut self,
+        conn: &mut FollowerConnection,
+        metrics: &FollowerMetrics,
+        commit_lsn: Lsn,
+        leaving: &[&Flip],
+    ) -> Result<(), ApplyError> {
+        if leaving.is_empty() {
+            return Ok(());
+        }
+        metrics.purged(leaving.len() as u64);
+        let delete = self.prepare(conn).await?.table.delete.clone();
         for chunk in leaving.chunks(BACKFILL_CHUNK_IDS) {
-            let client = sink.client().clone();
-            let purged_rows = sink.metrics().purge_rows();
+            let client = conn.pipelined_client();
+            let purged_rows = metrics.purge_rows();
             let delete = delete.clone();
             let chunk = ids(chunk);
-            sink.push_future(
+            conn.push_future(
                 async move {
                     let rows = client.execute(&delete, &[&chunk]).await?;
                     purged_rows.increment(rows);
                     Ok(rows)
                 },
-                context("resync purge"),
+                secrets_context(commit_lsn, Operation::ResyncPurge),
             )
             .await?;
         }
-        if wanted.is_empty() {
-            return Ok(0);
-        }
+        Ok(())
+    }
+
+    /// Clears and copies the variables that entered the set, the rows of a
+    /// few hundred resources at a time so memory does not grow with how
+    /// many one grant flips; returns the rows copied.
+    async fn copy(
+        &mut self,
+        conn: &mut FollowerConnection,
+        leader: &Client,
+        commit_lsn: Lsn,
+        wanted: &[&Flip],
+    ) -> Result<u64, ApplyError> {
         let any = self.set.rule == Rule::Any;
-        let follower = sink.follower().to_owned();
-        let leader_err = |op: &'static str| {
-            let follower = follower.clone();
-            move |source| ApplyError::Statement {
-                follower,
-                commit_lsn,
-                table: Arc::from(SECRETS),
-                op,
-                source,
-            }
-        };
-        let visible = wait_visible(sink.leader(), xid)
-            .await
-            .map_err(leader_err("resync wait for the leader commit"))?;
-        if !visible {
-            return Err(ApplyError::Invalid {
-                follower: sink.follower().to_owned(),
-                commit_lsn,
-                what: format!(
-                    "leader transaction {xid} was still invisible to new snapshots after \
-                     {VISIBLE_TIMEOUT:?}; cannot re-sync its grants"
-                ),
-            });
-        }
-        // Chunked: the rows of a few hundred resources at a time, so memory
-        // does not grow with how many variables one grant flips. Each chunk
-        // clears what the follower holds of those resources, then copies.
+        let prepared = self.prepare(conn).await?;
+        let (delete, insert, select) = (
+            prepared.table.delete.clone(),
+            prepared.table.insert.clone(),
+            prepared.select_sql.clone(),
+        );
         let mut copied = 0u64;
         for chunk in wanted.chunks(BACKFILL_CHUNK_IDS) {
             let chunk = ids(chunk);
-            let client = sink.client().clone();
+            let client = conn.pipelined_client();
             let delete = delete.clone();
             let clear = chunk.clone();
-            sink.push_future(
+            conn.push_future(
                 async move { client.execute(&delete, &[&clear]).await },
-                context("resync clear"),
+                secrets_context(commit_lsn, Operation::ResyncClear),
             )
             .await?;
-            let rows = sink
-                .leader()
+            let rows = leader
                 .query(
                     &select,
                     &[&self.set.data_group, &chunk, &any, &self.always_like],
                 )
                 .await
-                .map_err(leader_err("resync read from leader"))?;
+                .map_err(|source| {
+                    ApplyError::statement(
+                        conn.follower(),
+                        secrets_context(commit_lsn, Operation::ResyncRead),
+                        source,
+                    )
+                })?;
             copied += rows.len() as u64;
             for row in rows {
-                sink.push(
+                conn.push(
                     &insert,
                     SecretsTable::insert_params(&row),
-                    context("resync copy"),
+                    secrets_context(commit_lsn, Operation::ResyncCopy),
                 )
                 .await?;
             }
         }
-        // Every transaction the query's snapshot saw committed before the
-        // WAL position read after it: until the stream passes it, inserts
-        // may meet rows just copied.
-        let after: String = sink
-            .leader()
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .map_err(leader_err("resync read from leader"))?
-            .get(0);
-        let after: Lsn = after.parse().map_err(|_| ApplyError::Invalid {
-            follower: sink.follower().to_owned(),
-            commit_lsn,
-            what: format!("the leader returned an unreadable WAL position {after:?}"),
-        })?;
-        sink.backfilled_through(after);
-        sink.metrics().backfilled(wanted.len() as u64, copied);
         Ok(copied)
     }
+}
+
+fn secrets_context(commit_lsn: Lsn, op: Operation) -> ApplyContext {
+    ApplyContext {
+        commit_lsn,
+        table: Arc::from(SECRETS),
+        op,
+    }
+}
+
+fn ids(flips: &[&Flip]) -> Vec<String> {
+    flips.iter().map(|f| f.resource_id.clone()).collect()
 }
 
 #[cfg(test)]

@@ -256,6 +256,25 @@ impl ReplicationConnection {
         ))
     }
 
+    /// Starts pgoutput on `slot` at `start` for `publication`, with the
+    /// options every pgsieve session uses (`run` and `tap` alike): protocol
+    /// 2 with streamed in-progress transactions, and logical messages.
+    pub async fn start_pgoutput(
+        self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+    ) -> Result<(ReplicationStream, StatusSender), SourceError> {
+        let publication_names = crate::sql::quote_ident(publication);
+        let options = [
+            ("proto_version", "2"),
+            ("publication_names", publication_names.as_str()),
+            ("streaming", "on"),
+            ("messages", "true"),
+        ];
+        self.start_replication(slot, start, &options).await
+    }
+
     async fn send_query(&mut self, sql: &str) -> Result<(), SourceError> {
         self.write_buf.clear();
         frontend::query(sql, &mut self.write_buf).map_err(encode_error)?;

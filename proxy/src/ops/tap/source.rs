@@ -180,15 +180,8 @@ pub async fn open_live(config: &Config) -> Result<Opened, TapError> {
         .await
         .map_err(sql_err("ending the snapshot transaction"))?;
 
-    let publication = format!("\"{}\"", config.leader.publication.replace('"', "\"\""));
-    let options = [
-        ("proto_version", "2"),
-        ("publication_names", publication.as_str()),
-        ("streaming", "on"),
-        ("messages", "true"),
-    ];
     let (stream, status) = repl
-        .start_replication(&slot, created.consistent_point, &options)
+        .start_pgoutput(&slot, created.consistent_point, &config.leader.publication)
         .await?;
     Ok(Opened {
         source: TapSource::Live(Box::new(LiveSource {

@@ -11,8 +11,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use pgsieve_protocol::Lsn;
+
+use super::policy::Directive;
 use crate::config::Config;
-use crate::fanout::{DetachReason, Fanout, Standing};
+use crate::fanout::{DetachReason, Fanout};
 use crate::metrics::Telemetry;
 
 /// The detached followers of one session and their rejoin probes.
@@ -92,15 +95,11 @@ impl<'a> Roster<'a> {
         }
     }
 
-    /// Learns from follower `index`'s failed apply (see
-    /// [`Standing::note_apply_error`]).
-    pub fn note_apply_error(
-        &mut self,
-        index: usize,
-        error: &crate::sink::ApplyError,
-        received: pgsieve_protocol::Lsn,
-    ) {
-        self.standings[index].note_apply_error(error, received);
+    /// Learns what a directive about follower `index` says of its next
+    /// session ([`Standing::learn`]).
+    pub fn learn(&mut self, index: usize, directive: Directive) {
+        let name = &self.config.followers[index].name;
+        self.standings[index].learn(name, directive);
     }
 
     /// Ends the session's bookkeeping: a follower that stayed attached
@@ -124,6 +123,39 @@ impl<'a> Roster<'a> {
             self.standings[index].rejoin_delay(),
             self.rejoin.clone(),
         ));
+    }
+}
+
+/// Per-follower standing that outlives one session: how often it fell
+/// behind in a row (rejoin backoff) and the last durable progress known
+/// (held in the feedback while it is unreachable).
+#[derive(Debug, Clone, Default)]
+pub struct Standing {
+    /// Consecutive detachments without a session that kept it a minute.
+    pub detaches: u32,
+    /// Its durable progress when last seen.
+    pub last_progress: Option<Lsn>,
+    /// Set when it failed for good: not reconnected until pgsieve restarts.
+    pub failed: Option<String>,
+    /// Inserts of transactions committed before this are applied as upserts
+    /// (raised by a duplicate key: [`Directive::UpsertThrough`]).
+    pub upsert_until: Lsn,
+}
+
+impl Standing {
+    /// Learns what a directive about this follower says of its next
+    /// session (a duplicate key: upserts through what was received).
+    pub fn learn(&mut self, follower: &str, directive: Directive) {
+        if let Directive::UpsertThrough(through) = directive {
+            tracing::warn!(%follower, %through, "The follower already held a row a plain INSERT wrote: resuming with upserts through what was received.");
+            self.upsert_until = self.upsert_until.max(through);
+        }
+    }
+
+    /// Delay before a detached follower tries to rejoin.
+    pub fn rejoin_delay(&self) -> Duration {
+        let exp = self.detaches.saturating_sub(1).min(6);
+        (Duration::from_secs(1) * (1 << exp)).min(Duration::from_secs(60))
     }
 }
 
@@ -152,5 +184,25 @@ async fn probe_follower(
                 every = (every * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejoin_backoff_doubles_to_a_minute() {
+        let delays: Vec<u64> = (0..10)
+            .map(|detaches| {
+                Standing {
+                    detaches,
+                    ..Standing::default()
+                }
+                .rejoin_delay()
+                .as_secs()
+            })
+            .collect();
+        assert_eq!(delays, [1, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }
