@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 use super::{FollowerSession, RunError};
 use crate::bootstrap::{LeaderSnapshot, model_from_tables, snapshot_slot_name};
 use crate::config::{Config, OnGap};
-use crate::copy::{CopyError, copy_tables, published_tables};
+use crate::copy::{CopyError, PublishedTable, copy_tables, published_tables};
 use crate::diff::{DiffSpec, Mode, Reporter, diff_follower};
 use crate::reconcile::reconcile_follower;
 use crate::source::{ReplicationConnection, SlotInfo, SnapshotAction, SourceConfig};
@@ -126,8 +126,7 @@ pub(crate) async fn prepare(
     followers: &mut [FollowerSession],
     specs: Vec<ReplicaSetSpec>,
 ) -> Result<Start, RunError> {
-    let slot = config.leader.slot.as_str();
-    let slot_info = repl.slot_info(slot).await?;
+    let slot_info = repl.slot_info(&config.leader.slot).await?;
     let footings: Vec<Footing> = followers
         .iter()
         .map(|f| match f.client {
@@ -146,57 +145,107 @@ pub(crate) async fn prepare(
             }
         }
     }
-
-    let recreate = slot_info.as_ref().is_none_or(|s| !s.is_usable());
-    let snapshot = if recreate {
-        if slot_info.is_some() {
-            tracing::warn!(%slot, "The slot lost WAL it needs: recreating it.");
-            repl.drop_slot(slot).await?;
-        }
-        let created = repl
-            .create_slot(slot, false, SnapshotAction::Export)
-            .await?;
-        tracing::info!(%slot, consistent_point = %created.consistent_point, "Created the replication slot.");
-        LeaderSnapshot::import(&created, leader.clone()).await?
+    let snapshot = open_snapshot(config, leader, repl, slot_info.as_ref()).await?;
+    let at = snapshot.at();
+    let model = model_from_tables(snapshot.client(), specs).await?;
+    log_model(&model, at);
+    let tables = if footings.iter().any(|f| *f != Footing::Resume) {
+        tables_to_copy(&snapshot, &config.leader.publication).await?
     } else {
-        LeaderSnapshot::temporary(
+        Vec::new()
+    };
+    let place = Placement {
+        snapshot: &snapshot,
+        tables: &tables,
+        model: &model,
+        at,
+    };
+    for (f, footing) in followers.iter_mut().zip(&footings) {
+        place.follower(f, footing).await?;
+    }
+    snapshot.finish().await?;
+    let start_lsn = followers
+        .iter()
+        .filter(|f| f.client.is_some())
+        .map(|f| f.origin_lsn)
+        .min()
+        .ok_or_else(|| RunError::Setup("no follower".into()))?;
+    Ok(Start {
+        model,
+        start_lsn,
+        model_at: at,
+    })
+}
+
+/// The session's leader snapshot: the slot's own exported one when the
+/// slot is missing or lost (and so recreated), else a temporary slot's.
+async fn open_snapshot(
+    config: &Config,
+    leader: &Arc<Client>,
+    repl: &mut ReplicationConnection,
+    slot_info: Option<&SlotInfo>,
+) -> Result<LeaderSnapshot, RunError> {
+    let slot = config.leader.slot.as_str();
+    if slot_info.is_some_and(SlotInfo::is_usable) {
+        return Ok(LeaderSnapshot::temporary(
             &SourceConfig::for_leader(config),
             &snapshot_slot_name(slot, std::process::id()),
             leader.clone(),
         )
-        .await?
-    };
-    let at = snapshot.at();
-    let model = model_from_tables(snapshot.client(), specs).await?;
-    log_model(&model, at);
-    let needs_tables = footings.iter().any(|f| *f != Footing::Resume);
-    let tables = if needs_tables {
-        let tables = published_tables(snapshot.client(), &config.leader.publication)
-            .await
-            .map_err(|source| RunError::Sql {
-                what: "listing published tables".into(),
-                source,
-            })?;
-        if tables.is_empty() {
-            return Err(CopyError::EmptyPublication(config.leader.publication.clone()).into());
-        }
-        tables
-    } else {
-        Vec::new()
-    };
+        .await?);
+    }
+    if slot_info.is_some() {
+        tracing::warn!(%slot, "The slot lost WAL it needs: recreating it.");
+        repl.drop_slot(slot).await?;
+    }
+    let created = repl
+        .create_slot(slot, false, SnapshotAction::Export)
+        .await?;
+    tracing::info!(%slot, consistent_point = %created.consistent_point, "Created the replication slot.");
+    Ok(LeaderSnapshot::import(&created, leader.clone()).await?)
+}
 
-    for (f, footing) in followers.iter_mut().zip(&footings) {
+/// The published tables, for a copy or a diff resync.
+async fn tables_to_copy(
+    snapshot: &LeaderSnapshot,
+    publication: &str,
+) -> Result<Vec<PublishedTable>, RunError> {
+    let tables = published_tables(snapshot.client(), publication)
+        .await
+        .map_err(|source| RunError::Sql {
+            what: "listing published tables".into(),
+            source,
+        })?;
+    if tables.is_empty() {
+        return Err(CopyError::EmptyPublication(publication.to_owned()).into());
+    }
+    Ok(tables)
+}
+
+/// What every follower is placed with: the snapshot at `at` and the model
+/// built in it.
+struct Placement<'a> {
+    snapshot: &'a LeaderSnapshot,
+    tables: &'a [PublishedTable],
+    model: &'a Model,
+    at: Lsn,
+}
+
+impl Placement<'_> {
+    /// Copies, resyncs or reconciles `f` by its footing.
+    async fn follower(&self, f: &mut FollowerSession, footing: &Footing) -> Result<(), RunError> {
         let Some(client) = f.client.clone() else {
-            continue;
+            return Ok(());
         };
+        let (leader, at) = (self.snapshot.client(), self.at);
         match footing {
             Footing::Fresh => {
                 let report = copy_tables(
-                    snapshot.client(),
+                    leader,
                     &client,
                     &f.name,
-                    &tables,
-                    &model,
+                    self.tables,
+                    self.model,
                     f.set_bit,
                     at,
                 )
@@ -208,21 +257,19 @@ pub(crate) async fn prepare(
                 tracing::warn!(follower = %f.name, %gap, "Not streaming across a gap: resynchronizing the follower online.");
                 let mut spec = DiffSpec::new(
                     &f.name,
-                    &tables,
-                    &model,
+                    self.tables,
+                    self.model,
                     f.set_bit,
                     Mode::Apply { target: at },
                 );
                 spec.reason = gap.label();
                 let mut reporter = Reporter::new(&f.name, "resyncing");
-                let report = diff_follower(snapshot.client(), &client, &spec, &mut |p| {
-                    reporter.update(p)
-                })
-                .await
-                .map_err(|e| RunError::Resync {
-                    follower: f.name.clone(),
-                    source: Box::new(e),
-                })?;
+                let report = diff_follower(leader, &client, &spec, &mut |p| reporter.update(p))
+                    .await
+                    .map_err(|e| RunError::Resync {
+                        follower: f.name.clone(),
+                        source: Box::new(e),
+                    })?;
                 tracing::info!(follower = %f.name, rows_changed = report.rows_changed(), origin = %at, "Follower resynchronized.");
                 crate::metrics::followers::record(&f.name).resynced(format!(
                     "diff resync ({gap}): {} rows changed, origin {at}",
@@ -232,8 +279,7 @@ pub(crate) async fn prepare(
             }
             Footing::Resume => {
                 let report =
-                    reconcile_follower(snapshot.client(), &client, &f.name, &model, f.set_bit)
-                        .await?;
+                    reconcile_follower(leader, &client, &f.name, self.model, f.set_bit).await?;
                 if report.backfilled_rows > 0 {
                     // Rows copied as of `at`: the replay up to `at` may insert
                     // them again. Only then are the window's inserts upserts
@@ -248,19 +294,8 @@ pub(crate) async fn prepare(
                 }
             }
         }
+        Ok(())
     }
-    snapshot.finish().await?;
-    let start_lsn = followers
-        .iter()
-        .filter(|f| f.client.is_some())
-        .map(|f| f.origin_lsn)
-        .min()
-        .ok_or_else(|| RunError::Setup("no follower".into()))?;
-    Ok(Start {
-        model,
-        start_lsn,
-        model_at: at,
-    })
 }
 
 /// Logs, per replica set, how many resources the model puts in it and a
