@@ -200,7 +200,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             fanout,
         } => {
             init_logging(LogFormat::Text, "warn");
-            let mut options = pgsieve::bench::BenchOptions::new(quick);
+            let mut options = pgsieve::dev::bench::BenchOptions::new(quick);
             options.out = out;
             if !workloads.is_empty() {
                 options.fanout.clear();
@@ -210,7 +210,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 options.fanout = counts.into_iter().filter(|&n| n > 0).collect();
             }
             options.progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let report = pgsieve::bench::run(&options)
+            let report = pgsieve::dev::bench::run(&options)
                 .await
                 .map_err(|e| error_chain(&e))?;
             println!("{}", report.markdown());
