@@ -121,27 +121,26 @@ pub async fn walsender_pid(
     slot_pattern: &str,
     timeout: Duration,
 ) -> Result<u32, HarnessError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let row = leader
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots \
+    poll_slot(
+        timeout,
+        Duration::from_millis(5),
+        slot_pattern,
+        "active",
+        async || {
+            let row = leader
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots \
                  WHERE slot_name LIKE $1 AND active_pid IS NOT NULL LIMIT 1",
-                &[&slot_pattern],
-            )
-            .await
-            .ctx(|| format!("reading the active pid of slot {slot_pattern}"))?;
-        if let Some(pid) = row.and_then(|r| r.get::<_, Option<i32>>(0)) {
-            return Ok(u32::try_from(pid).unwrap_or(0));
-        }
-        if Instant::now() > deadline {
-            return Err(HarnessError::Timeout {
-                what: format!("slot {slot_pattern} becoming active"),
-                waited: timeout,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+                    &[&slot_pattern],
+                )
+                .await
+                .ctx(|| format!("reading the active pid of slot {slot_pattern}"))?;
+            Ok(row
+                .and_then(|r| r.get::<_, Option<i32>>(0))
+                .map(|pid| u32::try_from(pid).unwrap_or(0)))
+        },
+    )
+    .await
 }
 
 /// Waits until no walsender serves a slot matching `slot_pattern` (after a
@@ -152,27 +151,48 @@ pub async fn wait_slot_inactive(
     slot_pattern: &str,
     timeout: Duration,
 ) -> Result<(), HarnessError> {
+    poll_slot(
+        timeout,
+        Duration::from_millis(10),
+        slot_pattern,
+        "inactive",
+        async || {
+            let active: bool = leader
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
+                 WHERE slot_name LIKE $1 AND active)",
+                    &[&slot_pattern],
+                )
+                .await
+                .ctx(|| format!("reading whether slot {slot_pattern} is active"))?
+                .get(0);
+            Ok((!active).then_some(()))
+        },
+    )
+    .await
+}
+
+/// Runs `probe` every `every` until it yields a value, or fails once `timeout` has
+/// passed with the slot not yet `state`: the loop both slot waits share.
+async fn poll_slot<T>(
+    timeout: Duration,
+    every: Duration,
+    slot_pattern: &str,
+    state: &str,
+    mut probe: impl AsyncFnMut() -> Result<Option<T>, HarnessError>,
+) -> Result<T, HarnessError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let active: bool = leader
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
-                 WHERE slot_name LIKE $1 AND active)",
-                &[&slot_pattern],
-            )
-            .await
-            .ctx(|| format!("reading whether slot {slot_pattern} is active"))?
-            .get(0);
-        if !active {
-            return Ok(());
+        if let Some(value) = probe().await? {
+            return Ok(value);
         }
         if Instant::now() > deadline {
             return Err(HarnessError::Timeout {
-                what: format!("slot {slot_pattern} becoming inactive"),
+                what: format!("slot {slot_pattern} becoming {state}"),
                 waited: timeout,
             });
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
