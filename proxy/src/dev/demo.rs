@@ -344,11 +344,7 @@ async fn live_grant(
     let west = &followers[1];
     writeln!(out, "\n== live grant ==")?;
     writeln!(out, "  granting east execute on {variable}")?;
-    let grant = Change::Permit {
-        role: east.set.data_group(),
-        privilege: "execute".into(),
-        resource: variable.to_owned(),
-    };
+    let grant = Change::permit_execute(east.set.data_group(), variable.to_owned());
     let sent = Instant::now();
     apply_changes(leader, None, std::slice::from_ref(&grant))
         .await
@@ -387,11 +383,7 @@ async fn live_revoke(
 ) -> Result<(), DemoError> {
     writeln!(out, "\n== live revoke ==")?;
     writeln!(out, "  revoking east's execute on {variable}")?;
-    let revoke = Change::Deny {
-        role: east.set.data_group(),
-        privilege: "execute".into(),
-        resource: variable.to_owned(),
-    };
+    let revoke = Change::deny_execute(east.set.data_group(), variable.to_owned());
     let sent = Instant::now();
     apply_changes(leader, None, std::slice::from_ref(&revoke))
         .await

@@ -508,22 +508,14 @@ async fn run_latency(sizes: &Sizes, progress: &ProgressBar) -> Result<LatencyRes
     for round in 0..sizes.w3_rounds {
         progress.set_message(format!("W3: round {}/{}", round + 1, sizes.w3_rounds));
         let variable = &variables[(round * 7919) % variables.len()];
-        let permit = Change::Permit {
-            role: group.clone(),
-            privilege: "execute".into(),
-            resource: variable.clone(),
-        };
+        let permit = Change::permit_execute(group.clone(), variable.clone());
         crate::harness::workload::apply_changes(&leader_client, None, &[permit]).await?;
         grants.push(
             until_rows(&side.client, variable, |n| n == versions)
                 .await
                 .map_err(|e| engine.with_log(e))?,
         );
-        let deny = Change::Deny {
-            role: group.clone(),
-            privilege: "execute".into(),
-            resource: variable.clone(),
-        };
+        let deny = Change::deny_execute(group.clone(), variable.clone());
         crate::harness::workload::apply_changes(&leader_client, None, &[deny]).await?;
         revokes.push(
             until_rows(&side.client, variable, |n| n == 0)
