@@ -8,12 +8,13 @@ engines so every engine is measured the same way.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::Client;
 
 use crate::harness::HarnessError;
 use crate::harness::error::PgContext;
+use crate::harness::wait::poll;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ).
 fn clock_ticks() -> f64 {
@@ -121,11 +122,10 @@ pub async fn walsender_pid(
     slot_pattern: &str,
     timeout: Duration,
 ) -> Result<u32, HarnessError> {
-    poll_slot(
+    poll(
         timeout,
         Duration::from_millis(5),
-        slot_pattern,
-        "active",
+        || format!("slot {slot_pattern} becoming active"),
         async || {
             let row = leader
                 .query_opt(
@@ -151,11 +151,10 @@ pub async fn wait_slot_inactive(
     slot_pattern: &str,
     timeout: Duration,
 ) -> Result<(), HarnessError> {
-    poll_slot(
+    poll(
         timeout,
         Duration::from_millis(10),
-        slot_pattern,
-        "inactive",
+        || format!("slot {slot_pattern} becoming inactive"),
         async || {
             let active: bool = leader
                 .query_one(
@@ -170,30 +169,6 @@ pub async fn wait_slot_inactive(
         },
     )
     .await
-}
-
-/// Runs `probe` every `every` until it yields a value, or fails once `timeout` has
-/// passed with the slot not yet `state`: the loop both slot waits share.
-async fn poll_slot<T>(
-    timeout: Duration,
-    every: Duration,
-    slot_pattern: &str,
-    state: &str,
-    mut probe: impl AsyncFnMut() -> Result<Option<T>, HarnessError>,
-) -> Result<T, HarnessError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            return Err(HarnessError::Timeout {
-                what: format!("slot {slot_pattern} becoming {state}"),
-                waited: timeout,
-            });
-        }
-        tokio::time::sleep(every).await;
-    }
 }
 
 /// Waits on the follower, in one server-side loop (a PK lookup every 10 ms,
