@@ -25,7 +25,7 @@ fn quick_bench_delivers_every_row_and_leaks_nothing() {
     )
     .expect("report.json is JSON");
     let bindir = pgsieve::harness::cluster::bindir().expect("PostgreSQL's bindir");
-    let pglogical = pgsieve::bench::engines::pglogical_available(bindir);
+    let pglogical = pgsieve::dev::bench::engines::pglogical_available(bindir);
     let cases = report["cases"].as_array().expect("cases");
     assert!(
         cases.len() >= 6,
@@ -45,7 +45,7 @@ fn quick_bench_delivers_every_row_and_leaks_nothing() {
                     !pglogical
                         || engine["skipped"]
                             .as_str()
-                            .is_some_and(|s| s.starts_with(pgsieve::bench::CRASHED)),
+                            .is_some_and(|s| s.starts_with(pgsieve::dev::bench::CRASHED)),
                     "pglogical is installed but was skipped: {engine:#?}"
                 );
                 continue;

@@ -113,7 +113,7 @@ pub enum Command {
         out: Option<PathBuf>,
         /// Workloads to run (repeatable; default all).
         #[arg(long = "workload", value_enum, value_name = "W")]
-        workloads: Vec<pgsieve::bench::Workload>,
+        workloads: Vec<pgsieve::dev::bench::Workload>,
         /// No progress spinner, even on a terminal.
         #[arg(long)]
         no_progress: bool,

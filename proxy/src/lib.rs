@@ -39,6 +39,3 @@ pub mod harness;
 pub mod dev;
 
 pub mod ops;
-
-#[cfg(feature = "harness")]
-pub mod bench;

@@ -55,6 +55,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// Runs one subcommand; the error is the message `main` prints.
 async fn main_async(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Run { config } => {
@@ -67,31 +68,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| error_chain(&e))
         }
-        Command::Setup { config, dry_run } => {
-            let config = load(&config)?;
-            init_logging(config.log_format, &config.log_level);
-            let statements = pgsieve::ops::setup::setup_statements(&config.leader.publication);
-            if dry_run {
-                for sql in statements {
-                    println!("{sql};");
-                }
-                return Ok(());
-            }
-            let leader = connect_sql(&config.leader.pg, "the leader")
-                .await
-                .map_err(|e| error_chain(&e))?;
-            for sql in statements {
-                leader
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| format!("setup: {}", error_chain(&e)))?;
-            }
-            println!(
-                "publication {:?} and policy_log replica identity are in place",
-                config.leader.publication
-            );
-            Ok(())
-        }
+        Command::Setup { config, dry_run } => setup(&config, dry_run).await,
         Command::Check { config } => {
             let config = load(&config)?;
             init_logging(config.log_format, "warn");
@@ -120,39 +97,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             config,
             follower,
             format,
-        } => {
-            let config = load(&config)?;
-            init_logging(config.log_format, "warn");
-            let options = pgsieve::ops::verify::VerifyOptions {
-                follower,
-                progress: format == cli::StatusFormat::Text,
-                ..Default::default()
-            };
-            let verdicts = pgsieve::ops::verify::verify(&config, &options)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            match format {
-                cli::StatusFormat::Text => {
-                    print!("{}", pgsieve::ops::verify::render_text(&verdicts))
-                }
-                cli::StatusFormat::Json => {
-                    println!("{}", pgsieve::ops::verify::render_json(&verdicts))
-                }
-            }
-            let differ: Vec<&str> = verdicts
-                .iter()
-                .filter(|v| !v.equal)
-                .map(|v| v.follower.as_str())
-                .collect();
-            if differ.is_empty() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "follower(s) differ from the leader: {}",
-                    differ.join(", ")
-                ))
-            }
-        }
+        } => verify(&config, follower, format).await,
         Command::Resync { config, follower } => {
             let config = load(&config)?;
             init_logging(config.log_format, &config.log_level);
@@ -198,39 +143,117 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             workloads,
             no_progress,
             fanout,
-        } => {
-            init_logging(LogFormat::Text, "warn");
-            let mut options = pgsieve::bench::BenchOptions::new(quick);
-            options.out = out;
-            if !workloads.is_empty() {
-                options.fanout.clear();
-            }
-            options.workloads = workloads;
-            if let Some(counts) = fanout {
-                options.fanout = counts.into_iter().filter(|&n| n > 0).collect();
-            }
-            options.progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let report = pgsieve::bench::run(&options)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            println!("{}", report.markdown());
-            let problems = report.problems();
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the bench found {} problem(s): {}",
-                    problems.len(),
-                    problems.join("; ")
-                ))
-            }
-        }
+        } => bench(quick, out, workloads, no_progress, fanout).await,
         #[cfg(feature = "harness")]
         Command::Demo { keep_running } => {
             pgsieve::dev::demo::run(&pgsieve::dev::demo::DemoOptions { keep_running })
                 .await
                 .map_err(|e| error_chain(&e))
         }
+    }
+}
+
+/// `pgsieve setup`: prints (`--dry-run`) or runs the leader's publication statements.
+async fn setup(config: &std::path::Path, dry_run: bool) -> Result<(), String> {
+    let config = load(config)?;
+    init_logging(config.log_format, &config.log_level);
+    let statements = pgsieve::ops::setup::setup_statements(&config.leader.publication);
+    if dry_run {
+        for sql in statements {
+            println!("{sql};");
+        }
+        return Ok(());
+    }
+    let leader = connect_sql(&config.leader.pg, "the leader")
+        .await
+        .map_err(|e| error_chain(&e))?;
+    for sql in statements {
+        leader
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| format!("setup: {}", error_chain(&e)))?;
+    }
+    println!(
+        "publication {:?} and policy_log replica identity are in place",
+        config.leader.publication
+    );
+    Ok(())
+}
+
+/// `pgsieve verify`: compares followers with the leader; any difference is an error
+/// so the exit code tells scripts.
+async fn verify(
+    config: &std::path::Path,
+    follower: Option<String>,
+    format: cli::StatusFormat,
+) -> Result<(), String> {
+    let config = load(config)?;
+    init_logging(config.log_format, "warn");
+    let options = pgsieve::ops::verify::VerifyOptions {
+        follower,
+        progress: format == cli::StatusFormat::Text,
+        ..Default::default()
+    };
+    let verdicts = pgsieve::ops::verify::verify(&config, &options)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    match format {
+        cli::StatusFormat::Text => {
+            print!("{}", pgsieve::ops::verify::render_text(&verdicts))
+        }
+        cli::StatusFormat::Json => {
+            println!("{}", pgsieve::ops::verify::render_json(&verdicts))
+        }
+    }
+    let differ: Vec<&str> = verdicts
+        .iter()
+        .filter(|v| !v.equal)
+        .map(|v| v.follower.as_str())
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "follower(s) differ from the leader: {}",
+            differ.join(", ")
+        ))
+    }
+}
+
+/// `pgsieve bench`: the flags become [`pgsieve::dev::bench::BenchOptions`]; problems
+/// the bench finds make the exit code fail.
+#[cfg(feature = "harness")]
+async fn bench(
+    quick: bool,
+    out: Option<std::path::PathBuf>,
+    workloads: Vec<pgsieve::dev::bench::Workload>,
+    no_progress: bool,
+    fanout: Option<Vec<usize>>,
+) -> Result<(), String> {
+    init_logging(LogFormat::Text, "warn");
+    let mut options = pgsieve::dev::bench::BenchOptions::new(quick);
+    options.out = out;
+    if !workloads.is_empty() {
+        options.fanout.clear();
+    }
+    options.workloads = workloads;
+    if let Some(counts) = fanout {
+        options.fanout = counts.into_iter().filter(|&n| n > 0).collect();
+    }
+    options.progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = pgsieve::dev::bench::run(&options)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    println!("{}", report.markdown());
+    let problems = report.problems();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the bench found {} problem(s): {}",
+            problems.len(),
+            problems.join("; ")
+        ))
     }
 }
 

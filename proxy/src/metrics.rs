@@ -25,10 +25,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ::metrics::{
-    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
-};
+use ::metrics::{Counter, Gauge, Histogram, Unit, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pgsieve_protocol::pgoutput::Relation;
 use pgsieve_protocol::{Lsn, PgTimestamp};
@@ -166,137 +163,193 @@ fn recorder() -> Result<PrometheusHandle, MetricsError> {
     Ok(handle)
 }
 
-/// `# HELP` lines: what an operator reads first on `/metrics`.
-fn describe() {
-    describe_counter!(
+/// What each metric is, for its `# HELP` line: what an operator reads first on
+/// `/metrics`. A table, so a new metric is one more row.
+const HELP: &[(&str, Kind, Option<Unit>, &str)] = &[
+    (
         ROWS_SEEN,
-        Unit::Count,
-        "Row changes decoded from the leader's stream."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Row changes decoded from the leader's stream.",
+    ),
+    (
         ROWS_FORWARDED,
-        Unit::Count,
-        "Row changes sent to the follower."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Row changes sent to the follower.",
+    ),
+    (
         ROWS_DROPPED,
-        Unit::Count,
-        "Row changes filtered out for the follower (secrets outside its replica set)."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Row changes filtered out for the follower (secrets outside its replica set).",
+    ),
+    (
         LEADER_TRANSACTIONS,
-        Unit::Count,
-        "Leader transactions committed on the follower."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Leader transactions committed on the follower.",
+    ),
+    (
         FOLLOWER_COMMITS,
-        Unit::Count,
-        "Follower transactions committed (group commits and progress-only commits)."
-    );
-    describe_histogram!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Follower transactions committed (group commits and progress-only commits).",
+    ),
+    (
         GROUP_COMMIT_SIZE,
-        Unit::Count,
-        "Leader transactions per follower commit."
-    );
-    describe_histogram!(
+        Kind::Histogram,
+        Some(Unit::Count),
+        "Leader transactions per follower commit.",
+    ),
+    (
         APPLY_LATENCY,
-        Unit::Seconds,
-        "Leader commit to follower commit, per leader transaction."
-    );
-    describe_gauge!(
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Leader commit to follower commit, per leader transaction.",
+    ),
+    (
         LAG_BYTES,
-        Unit::Bytes,
-        "WAL received from the leader minus WAL committed on the follower."
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "WAL received from the leader minus WAL committed on the follower.",
+    ),
+    (
         LAG_SECONDS,
-        Unit::Seconds,
-        "Now minus the leader commit time of the follower's last applied transaction; 0 when caught up with what was received."
-    );
-    describe_counter!(
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Now minus the leader commit time of the follower's last applied transaction; 0 when caught up with what was received.",
+    ),
+    (
         BACKFILLS,
-        Unit::Count,
-        "Variables re-synced into the follower's replica set."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Variables re-synced into the follower's replica set.",
+    ),
+    (
         BACKFILL_ROWS,
-        Unit::Count,
-        "Secrets rows copied from the leader by backfills."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Secrets rows copied from the leader by backfills.",
+    ),
+    (
         PURGES,
-        Unit::Count,
-        "Variables purged from the follower after leaving its replica set."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Variables purged from the follower after leaving its replica set.",
+    ),
+    (
         PURGE_ROWS,
-        Unit::Count,
-        "Secrets rows deleted on the follower by purges."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Secrets rows deleted on the follower by purges.",
+    ),
+    (
         RECONNECTS,
-        Unit::Count,
-        "Pipeline restarts after a transient failure."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Pipeline restarts after a transient failure.",
+    ),
+    (
         ERRORS,
-        Unit::Count,
-        "Errors that stopped the pipeline or a follower, by kind."
-    );
-    describe_gauge!(STREAMING, "1 while the replication stream is up.");
-    describe_gauge!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Errors that stopped the pipeline or a follower, by kind.",
+    ),
+    (
+        STREAMING,
+        Kind::Gauge,
+        None,
+        "1 while the replication stream is up.",
+    ),
+    (
         FOLLOWER_ATTACHED,
-        "1 while the follower is fed by the stream, 0 while detached."
-    );
-    describe_counter!(
+        Kind::Gauge,
+        None,
+        "1 while the follower is fed by the stream, 0 while detached.",
+    ),
+    (
         DETACHES,
-        Unit::Count,
-        "Followers detached from the stream, by reason (slow, lost, failed, unreachable)."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Followers detached from the stream, by reason (slow, lost, failed, unreachable).",
+    ),
+    (
         REWINDS,
-        Unit::Count,
-        "Stream restarts at a rejoining follower's origin."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Stream restarts at a rejoining follower's origin.",
+    ),
+    (
         RECONCILES,
-        Unit::Count,
-        "Session-start reconciles of a follower's secrets against the leader's model."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Session-start reconciles of a follower's secrets against the leader's model.",
+    ),
+    (
         RECONCILE_RESOURCES,
-        Unit::Count,
-        "Resources purged or backfilled by session-start reconciles."
-    );
-    describe_gauge!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Resources purged or backfilled by session-start reconciles.",
+    ),
+    (
         FOLLOWER_LAG_SECONDS,
-        Unit::Seconds,
-        "Age of the newest leader commit (heartbeats included) durably applied on the follower."
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Age of the newest leader commit (heartbeats included) durably applied on the follower.",
+    ),
+    (
         FOLLOWER_STALLED,
-        "1 while the follower's applied position stands still although the leader's moves (longer than stall_after_ms)."
-    );
-    describe_counter!(
+        Kind::Gauge,
+        None,
+        "1 while the follower's applied position stands still although the leader's moves (longer than stall_after_ms).",
+    ),
+    (
         ROWS_FAILED_CLOSED,
-        Unit::Count,
-        "Secrets rows withheld from the follower because the filter could not decide (fail closed)."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Secrets rows withheld from the follower because the filter could not decide (fail closed).",
+    ),
+    (
         HEARTBEATS,
-        Unit::Count,
-        "Heartbeat messages committed on the leader."
-    );
-    describe_counter!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Heartbeat messages committed on the leader.",
+    ),
+    (
         HEARTBEAT_FAILURES,
-        Unit::Count,
-        "Heartbeat messages that could not be written on the leader."
-    );
-    describe_gauge!(
+        Kind::Counter,
+        Some(Unit::Count),
+        "Heartbeat messages that could not be written on the leader.",
+    ),
+    (
         SLOT_WAL_RETAINED,
-        Unit::Bytes,
-        "WAL the leader keeps for pgsieve's slot (current WAL LSN minus restart LSN)."
-    );
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "WAL the leader keeps for pgsieve's slot (current WAL LSN minus restart LSN).",
+    ),
+];
+
+/// Which `describe_*` a metric of [`HELP`] takes.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// `# HELP` lines of every metric, this module's and the diff engine's.
+fn describe() {
+    for &(name, kind, unit, text) in HELP {
+        ::metrics::with_recorder(|recorder| {
+            let (name, text) = (name.into(), text.into());
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, unit, text),
+                Kind::Gauge => recorder.describe_gauge(name, unit, text),
+                Kind::Histogram => recorder.describe_histogram(name, unit, text),
+            }
+        });
+    }
     crate::diff::progress::describe_metrics();
 }
 

@@ -9,11 +9,6 @@
 //! What is left is per statement (up to 256 rows): the batch's parameter
 //! vector, the pipeline's boxed future and tokio-postgres's message buffer;
 //! and per batch of events (up to 256): the vector the reader hands to a sink.
-#![allow(unsafe_code)] // a counting GlobalAlloc needs `unsafe impl`
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use pgsieve::filter::FilterStage;
@@ -27,50 +22,10 @@ use pgsieve_protocol::{
     TupleBuilder,
 };
 
-struct Counting;
+#[path = "../../protocol/tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note() {
-    if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by `f` on this thread.
-fn allocations_during(f: impl FnOnce()) -> usize {
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.load(Ordering::Relaxed)
-}
+use counting_alloc::allocations_during;
 
 const SECRETS_OID: u32 = 16_400;
 const VARIABLES: u32 = 100;
@@ -233,14 +188,4 @@ fn decode_decide_encode_allocates_nothing_per_row() {
         "the row path allocated ({} rows)",
         rows_in + rows_out
     );
-}
-
-#[test]
-fn the_counter_sees_allocations() {
-    // Guards the test above against a counter that never counts.
-    let n = allocations_during(|| {
-        let v: Vec<u64> = std::hint::black_box(Vec::with_capacity(8));
-        drop(v);
-    });
-    assert_eq!(n, 1);
 }

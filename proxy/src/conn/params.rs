@@ -69,6 +69,22 @@ pub enum ChannelBinding {
     Require,
 }
 
+impl ChannelBinding {
+    /// Parses a `channel_binding` value.
+    pub fn parse(value: &str) -> Result<ChannelBinding, String> {
+        Ok(match value {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            other => {
+                return Err(format!(
+                    "invalid channel_binding {other:?}: expected disable, prefer or require"
+                ));
+            }
+        })
+    }
+}
+
 /// `target_session_attrs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetSessionAttrs {
@@ -84,6 +100,25 @@ pub enum TargetSessionAttrs {
     Standby,
     /// A standby when one answers, else any.
     PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// Parses a `target_session_attrs` value.
+    pub fn parse(value: &str) -> Result<TargetSessionAttrs, String> {
+        Ok(match value {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            other => {
+                return Err(format!(
+                    "invalid target_session_attrs {other:?}: expected any, read-write, read-only, primary, standby or prefer-standby"
+                ));
+            }
+        })
+    }
 }
 
 /// Where a root certificate comes from.
@@ -279,171 +314,41 @@ impl Params {
     }
 
     fn from_pairs(pairs: &[(String, String)], home: Option<&Path>) -> Result<Params, String> {
-        let get = |key: &str| {
-            pairs
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
-        for (key, value) in pairs {
-            match key.as_str() {
-                "host"
-                | "hostaddr"
-                | "port"
-                | "user"
-                | "password"
-                | "dbname"
-                | "options"
-                | "application_name"
-                | "fallback_application_name"
-                | "connect_timeout"
-                | "tcp_user_timeout"
-                | "keepalives"
-                | "keepalives_idle"
-                | "keepalives_interval"
-                | "keepalives_count"
-                | "target_session_attrs"
-                | "channel_binding"
-                | "sslmode"
-                | "sslrootcert"
-                | "sslcert"
-                | "sslkey"
-                | "sslcrl"
-                | "sslsni"
-                | "ssl_min_protocol_version"
-                | "ssl_max_protocol_version"
-                | "sslcompression"
-                | "client_encoding" => {}
-                "requiressl" => {}
-                "gssencmode" if value == "disable" || value == "prefer" => {}
-                "sslnegotiation" if value == "postgres" => {}
-                "load_balance_hosts" if value == "disable" => {}
-                other => {
-                    return Err(format!(
-                        "connection parameter {other}={value:?} is not supported by pgsieve"
-                    ));
-                }
-            }
-        }
-        if let Some(enc) = get("client_encoding") {
+        check_keys(pairs)?;
+        let get = Lookup(pairs);
+        if let Some(enc) = get.value("client_encoding") {
             if !enc.eq_ignore_ascii_case("utf8") && !enc.eq_ignore_ascii_case("utf-8") {
                 return Err(format!("client_encoding {enc:?}: pgsieve always uses UTF8"));
             }
         }
-        let seconds = |key: &str| -> Result<Option<Duration>, String> {
-            match get(key) {
-                None | Some("") => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<i64>()
-                    .map(|n| (n > 0).then(|| Duration::from_secs(n as u64)))
-                    .map_err(|_| format!("invalid {key} {v:?}: expected whole seconds")),
-            }
-        };
-        let mut connect_timeout = seconds("connect_timeout")?;
+        let mut connect_timeout = get.seconds("connect_timeout")?;
         // libpq treats 1 as 2 (a one-second timeout is too short to mean it).
         if connect_timeout == Some(Duration::from_secs(1)) {
             connect_timeout = Some(Duration::from_secs(2));
         }
-        let tcp_user_timeout = match get("tcp_user_timeout") {
+        let tcp_user_timeout = match get.value("tcp_user_timeout") {
             None | Some("") => None,
             Some(v) => v
                 .parse::<u64>()
                 .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
                 .map_err(|_| format!("invalid tcp_user_timeout {v:?}: expected milliseconds"))?,
         };
-        let keepalives = Keepalives {
-            enabled: match get("keepalives") {
-                None | Some("1") => true,
-                Some("0") => false,
-                Some(v) => return Err(format!("invalid keepalives {v:?}: expected 0 or 1")),
-            },
-            idle: seconds("keepalives_idle")?,
-            interval: seconds("keepalives_interval")?,
-            count: match get("keepalives_count") {
-                None | Some("") => None,
-                Some(v) => Some(
-                    v.parse::<u32>()
-                        .map_err(|_| format!("invalid keepalives_count {v:?}"))?,
-                ),
-            },
-        };
-        let target_session_attrs = match get("target_session_attrs").unwrap_or("any") {
-            "any" => TargetSessionAttrs::Any,
-            "read-write" => TargetSessionAttrs::ReadWrite,
-            "read-only" => TargetSessionAttrs::ReadOnly,
-            "primary" => TargetSessionAttrs::Primary,
-            "standby" => TargetSessionAttrs::Standby,
-            "prefer-standby" => TargetSessionAttrs::PreferStandby,
-            other => {
-                return Err(format!(
-                    "invalid target_session_attrs {other:?}: expected any, read-write, read-only, primary, standby or prefer-standby"
-                ));
-            }
-        };
-        let channel_binding = match get("channel_binding").unwrap_or("prefer") {
-            "disable" => ChannelBinding::Disable,
-            "prefer" => ChannelBinding::Prefer,
-            "require" => ChannelBinding::Require,
-            other => {
-                return Err(format!(
-                    "invalid channel_binding {other:?}: expected disable, prefer or require"
-                ));
-            }
-        };
-        let mode = match (get("sslmode"), get("requiressl")) {
-            (Some(mode), _) => SslMode::parse(mode)?,
-            (None, Some("1")) => SslMode::Require,
-            _ => SslMode::Prefer,
-        };
-        let path = |key: &str| get(key).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let in_home = |name: &str| {
-            home.map(|h| h.join(".postgresql").join(name))
-                .filter(|p| p.exists())
-        };
-        let rootcert = match get("sslrootcert").filter(|v| !v.is_empty()) {
-            Some("system") => Some(RootCert::System),
-            Some(file) => Some(RootCert::File(PathBuf::from(file))),
-            None => in_home("root.crt").map(RootCert::File),
-        };
-        let cert = path("sslcert").or_else(|| in_home("postgresql.crt"));
-        let key = path("sslkey").or_else(|| cert.as_ref().and(in_home("postgresql.key")));
-        let sni = match get("sslsni") {
-            None | Some("1") => true,
-            Some("0") => false,
-            Some(v) => return Err(format!("invalid sslsni {v:?}: expected 0 or 1")),
-        };
-        for key in ["ssl_min_protocol_version", "ssl_max_protocol_version"] {
-            if let Some(v) = get(key) {
-                if !matches!(v, "" | "TLSv1" | "TLSv1.1" | "TLSv1.2" | "TLSv1.3") {
-                    return Err(format!("invalid {key} {v:?}: expected TLSv1.2 or TLSv1.3"));
-                }
-            }
-        }
-        let ssl = SslParams {
-            mode,
-            rootcert,
-            cert,
-            key,
-            crl: path("sslcrl"),
-            sni,
-            min_protocol: get("ssl_min_protocol_version")
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned),
-            max_protocol: get("ssl_max_protocol_version")
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned),
-        };
+        let keepalives = get.keepalives()?;
+        let target_session_attrs =
+            TargetSessionAttrs::parse(get.value("target_session_attrs").unwrap_or("any"))?;
+        let channel_binding =
+            ChannelBinding::parse(get.value("channel_binding").unwrap_or("prefer"))?;
+        let ssl = get.ssl(home)?;
         Ok(Params {
-            hosts: hosts(get("host"), get("hostaddr"), get("port"))?,
-            user: get("user").filter(|v| !v.is_empty()).map(str::to_owned),
-            password: get("password").map(str::to_owned),
-            dbname: get("dbname").filter(|v| !v.is_empty()).map(str::to_owned),
-            application_name: get("application_name")
-                .or(get("fallback_application_name"))
+            hosts: hosts(get.value("host"), get.value("hostaddr"), get.value("port"))?,
+            user: get.non_empty("user").map(str::to_owned),
+            password: get.value("password").map(str::to_owned),
+            dbname: get.non_empty("dbname").map(str::to_owned),
+            application_name: get
+                .value("application_name")
+                .or(get.value("fallback_application_name"))
                 .map(str::to_owned),
-            options: get("options").filter(|v| !v.is_empty()).map(str::to_owned),
+            options: get.non_empty("options").map(str::to_owned),
             connect_timeout,
             tcp_user_timeout,
             keepalives,
@@ -464,6 +369,163 @@ impl Params {
                 .or(self.user.as_deref())
                 .unwrap_or("(default database)")
         )
+    }
+}
+
+/// The keys pgsieve honours whatever their value (libpq's meaning).
+const SUPPORTED_KEYS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "target_session_attrs",
+    "channel_binding",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "sslsni",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "sslcompression",
+    "client_encoding",
+    "requiressl",
+];
+
+/// Fails on the first key pgsieve cannot honour, so that none is silently dropped;
+/// a few keys are accepted only with the value that means what pgsieve does anyway.
+fn check_keys(pairs: &[(String, String)]) -> Result<(), String> {
+    for (key, value) in pairs {
+        let supported = SUPPORTED_KEYS.contains(&key.as_str())
+            || match key.as_str() {
+                "gssencmode" => value == "disable" || value == "prefer",
+                "sslnegotiation" => value == "postgres",
+                "load_balance_hosts" => value == "disable",
+                _ => false,
+            };
+        if !supported {
+            return Err(format!(
+                "connection parameter {key}={value:?} is not supported by pgsieve"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The pairs of a connection string read by key, the last occurrence winning (as
+/// in libpq); one place for the value conversions the keys share.
+struct Lookup<'a>(&'a [(String, String)]);
+
+impl<'a> Lookup<'a> {
+    /// The value of `key`, if given.
+    fn value(&self, key: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key` unless absent or empty (empty means "default" in libpq).
+    fn non_empty(&self, key: &str) -> Option<&'a str> {
+        self.value(key).filter(|v| !v.is_empty())
+    }
+
+    /// A whole number of seconds; zero or negative means none.
+    fn seconds(&self, key: &str) -> Result<Option<Duration>, String> {
+        match self.value(key) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<i64>()
+                .map(|n| (n > 0).then(|| Duration::from_secs(n as u64)))
+                .map_err(|_| format!("invalid {key} {v:?}: expected whole seconds")),
+        }
+    }
+
+    /// A file path, unless absent or empty.
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        self.non_empty(key).map(PathBuf::from)
+    }
+
+    /// `keepalives` and its `keepalives_*` settings.
+    fn keepalives(&self) -> Result<Keepalives, String> {
+        Ok(Keepalives {
+            enabled: match self.value("keepalives") {
+                None | Some("1") => true,
+                Some("0") => false,
+                Some(v) => return Err(format!("invalid keepalives {v:?}: expected 0 or 1")),
+            },
+            idle: self.seconds("keepalives_idle")?,
+            interval: self.seconds("keepalives_interval")?,
+            count: match self.value("keepalives_count") {
+                None | Some("") => None,
+                Some(v) => Some(
+                    v.parse::<u32>()
+                        .map_err(|_| format!("invalid keepalives_count {v:?}"))?,
+                ),
+            },
+        })
+    }
+
+    /// The `ssl*` keys, with libpq's defaults from `~/.postgresql/` (`home`).
+    fn ssl(&self, home: Option<&Path>) -> Result<SslParams, String> {
+        let mode = match (self.value("sslmode"), self.value("requiressl")) {
+            (Some(mode), _) => SslMode::parse(mode)?,
+            (None, Some("1")) => SslMode::Require,
+            _ => SslMode::Prefer,
+        };
+        let in_home = |name: &str| {
+            home.map(|h| h.join(".postgresql").join(name))
+                .filter(|p| p.exists())
+        };
+        let rootcert = match self.non_empty("sslrootcert") {
+            Some("system") => Some(RootCert::System),
+            Some(file) => Some(RootCert::File(PathBuf::from(file))),
+            None => in_home("root.crt").map(RootCert::File),
+        };
+        let cert = self.path("sslcert").or_else(|| in_home("postgresql.crt"));
+        let key = self
+            .path("sslkey")
+            .or_else(|| cert.as_ref().and(in_home("postgresql.key")));
+        let sni = match self.value("sslsni") {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(v) => return Err(format!("invalid sslsni {v:?}: expected 0 or 1")),
+        };
+        for key in ["ssl_min_protocol_version", "ssl_max_protocol_version"] {
+            if let Some(v) = self.value(key) {
+                if !matches!(v, "" | "TLSv1" | "TLSv1.1" | "TLSv1.2" | "TLSv1.3") {
+                    return Err(format!("invalid {key} {v:?}: expected TLSv1.2 or TLSv1.3"));
+                }
+            }
+        }
+        Ok(SslParams {
+            mode,
+            rootcert,
+            cert,
+            key,
+            crl: self.path("sslcrl"),
+            sni,
+            min_protocol: self
+                .non_empty("ssl_min_protocol_version")
+                .map(str::to_owned),
+            max_protocol: self
+                .non_empty("ssl_max_protocol_version")
+                .map(str::to_owned),
+        })
     }
 }
 

@@ -186,6 +186,8 @@ struct DemoFollower {
     origin: String,
 }
 
+/// The story, chapter by chapter; each chapter is a helper so it reads as a table of
+/// contents.
 async fn scenario(
     topology: &Topology,
     options: &DemoOptions,
@@ -211,11 +213,42 @@ async fn scenario(
         "  Conjur schema loaded everywhere; publication \"pgsieve\" on the leader"
     )?;
 
-    // The policy and the replica sets, before pgsieve starts (initial copy).
+    let (spec, pop) = load_policy(out, &mut leader, &sets).await?;
+    let followers = start_sidecars(topology, out, sidecars, &sets, follower_clients).await?;
+
+    writeln!(out, "\n== what each follower holds ==")?;
+    let leader_holds = holdings_of(&leader, "the leader").await?;
+    writeln!(
+        out,
+        "  leader: secrets of {} variables ({} rows)",
+        leader_holds.len(),
+        leader_holds.values().sum::<i64>()
+    )?;
+    for f in &followers {
+        report_follower(out, &leader, f, &leader_holds, &pop).await?;
+    }
+
+    let variable = spec.variable(3, 0);
+    live_grant(out, &leader, sidecars, &followers, &variable).await?;
+    live_revoke(out, &leader, sidecars, &followers[0], &variable).await?;
+    final_check(out, &leader, sidecars, &followers).await?;
+    if options.keep_running {
+        keep_running(topology, out, sidecars, &followers).await?;
+    }
+    Ok(())
+}
+
+/// The policy and the replica sets, loaded before pgsieve starts so they arrive
+/// through the initial copy.
+async fn load_policy(
+    out: &mut (dyn Write + Send),
+    leader: &mut Client,
+    sets: &[ReplicaSet; 2],
+) -> Result<(PolicySpec, Population), DemoError> {
     writeln!(out, "\n== policy ==")?;
     let spec = PolicySpec::new("acme", APPS, VARIABLES_PER_APP, VERSIONS).with_seed(1);
     let pop = spec
-        .populate(&mut leader)
+        .populate(&mut *leader)
         .await
         .step("loading the sample policy")?;
     writeln!(
@@ -228,7 +261,7 @@ async fn scenario(
     // east holds apps 0 and 2, west apps 1 and 2 (overlap), app 3 is in no set.
     let holdings: [&[usize]; 2] = [&[0, 2], &[1, 2]];
     for (set, apps) in sets.iter().zip(holdings) {
-        create_replica_set(&mut leader, set)
+        create_replica_set(&mut *leader, set)
             .await
             .step("creating a replica set")?;
         let changes: Vec<Change> = apps
@@ -238,7 +271,7 @@ async fn scenario(
                 member: set.data_group(),
             })
             .collect();
-        apply_changes(&leader, None, &changes)
+        apply_changes(&*leader, None, &changes)
             .await
             .step("granting layers to a replica set")?;
         let names: Vec<String> = apps.iter().map(|&a| spec.app_name(a)).collect();
@@ -251,8 +284,18 @@ async fn scenario(
         )?;
     }
     writeln!(out, "  {}: in no replica set", spec.app_name(3))?;
+    Ok((spec, pop))
+}
 
-    // One pgsieve sidecar per follower, in this process.
+/// One pgsieve sidecar per follower, in this process, then the wait for both initial
+/// copies: the live chapters need followers that are streaming.
+async fn start_sidecars(
+    topology: &Topology,
+    out: &mut (dyn Write + Send),
+    sidecars: &mut Sidecars,
+    sets: &[ReplicaSet; 2],
+    follower_clients: Vec<Client>,
+) -> Result<Vec<DemoFollower>, DemoError> {
     writeln!(out, "\n== pgsieve ==")?;
     let mut followers = Vec::new();
     for ((i, set), client) in sets.iter().enumerate().zip(follower_clients) {
@@ -285,37 +328,30 @@ async fn scenario(
         "  initial copy done, both followers streaming ({} ms)",
         copy_started.elapsed().as_millis()
     )?;
+    Ok(followers)
+}
 
-    writeln!(out, "\n== what each follower holds ==")?;
-    let leader_holds = holdings_of(&leader, "the leader").await?;
-    writeln!(
-        out,
-        "  leader: secrets of {} variables ({} rows)",
-        leader_holds.len(),
-        leader_holds.values().sum::<i64>()
-    )?;
-    for f in &followers {
-        report_follower(out, &leader, f, &leader_holds, &pop).await?;
-    }
-
-    // Live grant and revoke.
-    let variable = spec.variable(3, 0);
+/// Grants east execute on `variable` live and times its arrival; west, not in the
+/// set, must not receive it.
+async fn live_grant(
+    out: &mut (dyn Write + Send),
+    leader: &Client,
+    sidecars: &mut Sidecars,
+    followers: &[DemoFollower],
+    variable: &str,
+) -> Result<(), DemoError> {
     let east = &followers[0];
     let west = &followers[1];
     writeln!(out, "\n== live grant ==")?;
     writeln!(out, "  granting east execute on {variable}")?;
-    let grant = Change::Permit {
-        role: east.set.data_group(),
-        privilege: "execute".into(),
-        resource: variable.clone(),
-    };
+    let grant = Change::permit_execute(east.set.data_group(), variable.to_owned());
     let sent = Instant::now();
-    apply_changes(&leader, None, std::slice::from_ref(&grant))
+    apply_changes(leader, None, std::slice::from_ref(&grant))
         .await
         .step("granting on the leader")?;
     let commit_ms = ms(sent.elapsed());
     let rows = sidecars
-        .guard(until_held(east, &variable, true, "the grant"))
+        .guard(until_held(east, variable, true, "the grant"))
         .await?;
     writeln!(
         out,
@@ -324,80 +360,103 @@ async fn scenario(
     )?;
     sidecars
         .guard(async {
-            wait_caught_up(&leader, &west.client, &west.origin, WAIT_LIMIT)
+            wait_caught_up(leader, &west.client, &west.origin, WAIT_LIMIT)
                 .await
                 .step("waiting for west")
         })
         .await?;
-    let west_rows = secret_rows(&west.client, &variable).await?;
+    let west_rows = secret_rows(&west.client, variable).await?;
     writeln!(
         out,
         "  west holds {west_rows} secret rows of it (not in west's set)"
     )?;
+    Ok(())
+}
 
+/// Revokes east's execute on `variable` live and times the secrets' removal.
+async fn live_revoke(
+    out: &mut (dyn Write + Send),
+    leader: &Client,
+    sidecars: &mut Sidecars,
+    east: &DemoFollower,
+    variable: &str,
+) -> Result<(), DemoError> {
     writeln!(out, "\n== live revoke ==")?;
     writeln!(out, "  revoking east's execute on {variable}")?;
-    let revoke = Change::Deny {
-        role: east.set.data_group(),
-        privilege: "execute".into(),
-        resource: variable.clone(),
-    };
+    let revoke = Change::deny_execute(east.set.data_group(), variable.to_owned());
     let sent = Instant::now();
-    apply_changes(&leader, None, std::slice::from_ref(&revoke))
+    apply_changes(leader, None, std::slice::from_ref(&revoke))
         .await
         .step("revoking on the leader")?;
     let commit_ms = ms(sent.elapsed());
     sidecars
-        .guard(until_held(east, &variable, false, "the revoke"))
+        .guard(until_held(east, variable, false, "the revoke"))
         .await?;
     writeln!(
         out,
         "  east no longer holds it {:.1} ms after the revoke was sent (leader commit took {commit_ms:.1} ms)",
         ms(sent.elapsed())
     )?;
+    Ok(())
+}
 
+/// After the live changes, every follower must again equal the leader and the oracle.
+async fn final_check(
+    out: &mut (dyn Write + Send),
+    leader: &Client,
+    sidecars: &mut Sidecars,
+    followers: &[DemoFollower],
+) -> Result<(), DemoError> {
     writeln!(out, "\n== final check ==")?;
-    for f in &followers {
+    for f in followers {
         sidecars
             .guard(async {
-                wait_caught_up(&leader, &f.client, &f.origin, WAIT_LIMIT)
+                wait_caught_up(leader, &f.client, &f.origin, WAIT_LIMIT)
                     .await
                     .step("waiting for the followers after the revoke")
             })
             .await?;
-        check_follower(&leader, f).await?;
+        check_follower(leader, f).await?;
         writeln!(
             out,
             "  follower {}: every table equals the leader's; secrets equal the oracle's projection",
             f.set.name
         )?;
     }
+    Ok(())
+}
 
-    if options.keep_running {
-        writeln!(out, "\n== running ==")?;
+/// `--keep-running`: prints how to reach each database and waits for Ctrl-C, so the
+/// clusters can be inspected before cleanup.
+async fn keep_running(
+    topology: &Topology,
+    out: &mut (dyn Write + Send),
+    sidecars: &mut Sidecars,
+    followers: &[DemoFollower],
+) -> Result<(), DemoError> {
+    writeln!(out, "\n== running ==")?;
+    writeln!(
+        out,
+        "  psql postgresql://postgres@127.0.0.1:{}/conjur   (leader)",
+        topology.leader.port()
+    )?;
+    for (f, cluster) in followers.iter().zip(&topology.followers) {
         writeln!(
             out,
-            "  psql postgresql://postgres@127.0.0.1:{}/conjur   (leader)",
-            topology.leader.port()
+            "  psql postgresql://postgres@127.0.0.1:{}/conjur   (follower {})",
+            cluster.port(),
+            f.set.name
         )?;
-        for (f, cluster) in followers.iter().zip(&topology.followers) {
-            writeln!(
-                out,
-                "  psql postgresql://postgres@127.0.0.1:{}/conjur   (follower {})",
-                cluster.port(),
-                f.set.name
-            )?;
-        }
-        writeln!(out, "  press Ctrl-C to stop and clean up")?;
-        out.flush()?;
-        sidecars
-            .guard(async {
-                tokio::signal::ctrl_c()
-                    .await
-                    .map_err(|e| DemoError::Task(format!("waiting for Ctrl-C: {e}")))
-            })
-            .await?;
     }
+    writeln!(out, "  press Ctrl-C to stop and clean up")?;
+    out.flush()?;
+    sidecars
+        .guard(async {
+            tokio::signal::ctrl_c()
+                .await
+                .map_err(|e| DemoError::Task(format!("waiting for Ctrl-C: {e}")))
+        })
+        .await?;
     Ok(())
 }
 

@@ -1,4 +1,6 @@
-//! Developer tools behind the `harness` feature: the demo (and, beside it,
-//! `crate::bench`). Never compiled into a `--no-default-features` binary.
+//! Developer tools behind the `harness` feature: the demo and the bench
+//! (`pgsieve demo`, `pgsieve bench`). Never compiled into a
+//! `--no-default-features` binary.
 
+pub mod bench;
 pub mod demo;

@@ -53,7 +53,7 @@ use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio_postgres::Client;
 
 use self::apply::{WriteError, Writer};
-use self::compare::{DiffKind, Difference, Key, Merge, MergeError, RowSource, Side};
+use self::compare::{Batch, DiffKind, Difference, Key, Merge, MergeError, RowSource, Side};
 use self::plan::TablePlan;
 use self::progress::{TableProgress, record_resync};
 use crate::copy::PublishedTable;
@@ -378,6 +378,8 @@ pub async fn diff_follower(
 const LEADER_CURSOR: &str = "pgsieve_diff_leader";
 const FOLLOWER_CURSOR: &str = "pgsieve_diff_follower";
 
+/// Compares (and with [`Mode::Apply`], repairs) one table, chunk by chunk, reporting
+/// progress after each; `None` when `spec.keys` names none of its rows.
 async fn diff_table(
     leader: &Client,
     follower: &Client,
@@ -390,52 +392,13 @@ async fn diff_table(
     let keys = match spec.keys {
         None => None,
         Some(map) => match map.get(&qualified) {
-            Some(keys) => Some(keys),
+            Some(keys) => Some(keys.as_slice()),
             None => return Ok(None),
         },
     };
-    let leader_columns = table_columns(leader, &qualified)
-        .await
-        .map_err(err(Side::Leader))?;
-    let follower_columns = table_columns(follower, &qualified)
-        .await
-        .map_err(err(Side::Follower))?;
-    check_columns(&qualified, &leader_columns, &follower_columns).map_err(|source| {
-        DiffError::Schema {
-            follower: spec.follower.to_owned(),
-            source: Box::new(source),
-        }
-    })?;
-    let filtered = table.name == "secrets" && table.schema == "public" && spec.set_bit.is_some();
-    let plan = TablePlan::new(table, leader_columns, filtered);
-    if filtered && plan.filter_key.is_none() {
-        return Err(DiffError::Invariant {
-            follower: spec.follower.to_owned(),
-            table: qualified,
-            what: "resource_id is not part of the primary key: secrets cannot be filtered".into(),
-        });
-    }
-    let (leader_rows, follower_rows) = match keys {
-        None => {
-            let sql = plan.scan_sql();
-            (
-                RowSource::scan(leader, LEADER_CURSOR, &sql, spec.chunk_rows)
-                    .await
-                    .map_err(err(Side::Leader))?,
-                RowSource::scan(follower, FOLLOWER_CURSOR, &sql, spec.chunk_rows)
-                    .await
-                    .map_err(err(Side::Follower))?,
-            )
-        }
-        Some(keys) => (
-            RowSource::lookup(leader, &plan, keys)
-                .await
-                .map_err(err(Side::Leader))?,
-            RowSource::lookup(follower, &plan, keys)
-                .await
-                .map_err(err(Side::Follower))?,
-        ),
-    };
+    let plan = plan_table(leader, follower, spec, table, &qualified).await?;
+    let (leader_rows, follower_rows) =
+        row_sources(leader, follower, spec, &plan, keys, &qualified).await?;
     let writer = match spec.mode {
         Mode::VerifyOnly => None,
         Mode::Apply { .. } => Some(
@@ -467,18 +430,7 @@ async fn diff_table(
             },
         })?
     {
-        counts.compared += batch.compared;
-        counts.leader_skipped += batch.leader_skipped;
-        for d in &batch.differences {
-            match d.kind {
-                DiffKind::Missing => counts.missing += 1,
-                DiffKind::Different => counts.different += 1,
-                DiffKind::Extra => counts.extra += 1,
-            }
-            if d.out_of_set {
-                counts.out_of_set += 1;
-            }
-        }
+        tally(&mut counts, &batch);
         if let Some(writer) = &writer
             && !batch.differences.is_empty()
         {
@@ -502,6 +454,90 @@ async fn diff_table(
         differences: recorded,
         truncated,
     }))
+}
+
+/// The table's comparison plan, from the leader's columns once the follower's are
+/// known to match: comparing tables of different shapes would write garbage.
+async fn plan_table(
+    leader: &Client,
+    follower: &Client,
+    spec: &DiffSpec<'_>,
+    table: &PublishedTable,
+    qualified: &str,
+) -> Result<TablePlan, DiffError> {
+    let err = |side: Side| sql_error(spec.follower, qualified, side);
+    let leader_columns = table_columns(leader, qualified)
+        .await
+        .map_err(err(Side::Leader))?;
+    let follower_columns = table_columns(follower, qualified)
+        .await
+        .map_err(err(Side::Follower))?;
+    check_columns(qualified, &leader_columns, &follower_columns).map_err(|source| {
+        DiffError::Schema {
+            follower: spec.follower.to_owned(),
+            source: Box::new(source),
+        }
+    })?;
+    let filtered = table.name == "secrets" && table.schema == "public" && spec.set_bit.is_some();
+    let plan = TablePlan::new(table, leader_columns, filtered);
+    if filtered && plan.filter_key.is_none() {
+        return Err(DiffError::Invariant {
+            follower: spec.follower.to_owned(),
+            table: qualified.to_owned(),
+            what: "resource_id is not part of the primary key: secrets cannot be filtered".into(),
+        });
+    }
+    Ok(plan)
+}
+
+/// Both sides' rows in key order: cursors over the whole table, or only `keys`
+/// (a re-check of known differences).
+async fn row_sources<'c>(
+    leader: &'c Client,
+    follower: &'c Client,
+    spec: &DiffSpec<'_>,
+    plan: &TablePlan,
+    keys: Option<&[Key]>,
+    qualified: &str,
+) -> Result<(RowSource<'c>, RowSource<'c>), DiffError> {
+    let err = |side: Side| sql_error(spec.follower, qualified, side);
+    Ok(match keys {
+        None => {
+            let sql = plan.scan_sql();
+            (
+                RowSource::scan(leader, LEADER_CURSOR, &sql, spec.chunk_rows)
+                    .await
+                    .map_err(err(Side::Leader))?,
+                RowSource::scan(follower, FOLLOWER_CURSOR, &sql, spec.chunk_rows)
+                    .await
+                    .map_err(err(Side::Follower))?,
+            )
+        }
+        Some(keys) => (
+            RowSource::lookup(leader, plan, keys)
+                .await
+                .map_err(err(Side::Leader))?,
+            RowSource::lookup(follower, plan, keys)
+                .await
+                .map_err(err(Side::Follower))?,
+        ),
+    })
+}
+
+/// Adds one merge step's findings to the table's running counts.
+fn tally(counts: &mut TableProgress, batch: &Batch) {
+    counts.compared += batch.compared;
+    counts.leader_skipped += batch.leader_skipped;
+    for d in &batch.differences {
+        match d.kind {
+            DiffKind::Missing => counts.missing += 1,
+            DiffKind::Different => counts.different += 1,
+            DiffKind::Extra => counts.extra += 1,
+        }
+        if d.out_of_set {
+            counts.out_of_set += 1;
+        }
+    }
 }
 
 /// Maps a statement error of `side` to a [`DiffError`] naming follower and table.

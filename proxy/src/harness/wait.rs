@@ -29,26 +29,47 @@ pub async fn wait_caught_up(
         .await
         .ctx(|| "reading the leader's WAL insert position".into())?
         .get(0);
+    poll(
+        timeout,
+        POLL,
+        || format!("origin {origin} reaching the leader's WAL position {target}"),
+        async || {
+            let row = follower
+                .query_one(
+                    "SELECT coalesce((SELECT pg_replication_origin_progress(roname, true) \
+                       FROM pg_replication_origin WHERE roname = $1) >= $2::text::pg_lsn, false)",
+                    &[&origin, &target],
+                )
+                .await
+                .ctx(|| format!("reading the progress of origin {origin}"))?;
+            Ok(row.get::<_, bool>(0).then_some(()))
+        },
+    )
+    .await?;
+    settle(follower).await
+}
+
+/// Runs `probe` every `every` until it yields a value; fails with
+/// [`HarnessError::Timeout`] naming `what()` once `timeout` has passed. The loop the
+/// waits of the harness and the bench share.
+pub async fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    what: impl FnOnce() -> String,
+    mut probe: impl AsyncFnMut() -> Result<Option<T>, HarnessError>,
+) -> Result<T, HarnessError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let row = follower
-            .query_one(
-                "SELECT coalesce((SELECT pg_replication_origin_progress(roname, true) \
-                   FROM pg_replication_origin WHERE roname = $1) >= $2::text::pg_lsn, false)",
-                &[&origin, &target],
-            )
-            .await
-            .ctx(|| format!("reading the progress of origin {origin}"))?;
-        if row.get::<_, bool>(0) {
-            return settle(follower).await;
+        if let Some(value) = probe().await? {
+            return Ok(value);
         }
         if Instant::now() > deadline {
             return Err(HarnessError::Timeout {
-                what: format!("origin {origin} reaching the leader's WAL position {target}"),
+                what: what(),
                 waited: timeout,
             });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -85,26 +106,22 @@ pub async fn wait_initial_copy(
     origin: &str,
     timeout: Duration,
 ) -> Result<String, HarnessError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let row = follower
-            .query_one(
-                "SELECT (SELECT pg_replication_origin_progress(roname, true)::text \
-                   FROM pg_replication_origin WHERE roname = $1 \
-                   AND pg_replication_origin_progress(roname, true) > '0/0'::pg_lsn)",
-                &[&origin],
-            )
-            .await
-            .ctx(|| format!("reading the progress of origin {origin}"))?;
-        if let Some(lsn) = row.get::<_, Option<String>>(0) {
-            return Ok(lsn);
-        }
-        if Instant::now() > deadline {
-            return Err(HarnessError::Timeout {
-                what: format!("the initial copy recording origin {origin}"),
-                waited: timeout,
-            });
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    poll(
+        timeout,
+        POLL,
+        || format!("the initial copy recording origin {origin}"),
+        async || {
+            let row = follower
+                .query_one(
+                    "SELECT (SELECT pg_replication_origin_progress(roname, true)::text \
+                       FROM pg_replication_origin WHERE roname = $1 \
+                       AND pg_replication_origin_progress(roname, true) > '0/0'::pg_lsn)",
+                    &[&origin],
+                )
+                .await
+                .ctx(|| format!("reading the progress of origin {origin}"))?;
+            Ok(row.get::<_, Option<String>>(0))
+        },
+    )
+    .await
 }

@@ -648,6 +648,27 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// `role` gets `execute` on `resource`: the grant that puts a variable's
+    /// secrets in a replica set (the demo's and the bench's live grant).
+    pub fn permit_execute(role: String, resource: String) -> Change {
+        Change::Permit {
+            role,
+            privilege: "execute".into(),
+            resource,
+        }
+    }
+
+    /// `role` loses `execute` on `resource`: the revoke of [`Change::permit_execute`].
+    pub fn deny_execute(role: String, resource: String) -> Change {
+        Change::Deny {
+            role,
+            privilege: "execute".into(),
+            resource,
+        }
+    }
+}
+
 /// Applies `changes` in order on `c`, without a transaction or version row. Grants
 /// and permits carry `policy` as their `policy_id`. Returns rows changed per change.
 pub async fn apply_changes(

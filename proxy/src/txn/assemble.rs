@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pgsieve_filters::SetMask;
 use pgsieve_protocol::pgoutput::{
-    LogicalMessage, OldTuple, ParseContext, PgOutputDecoder, Relation, TupleData,
+    Commit, LogicalMessage, OldTuple, ParseContext, PgOutputDecoder, Relation, StreamAbort,
+    StreamCommit, TupleData,
 };
 use pgsieve_protocol::{DecodeError, Lsn};
 
@@ -134,22 +135,7 @@ impl Assembler {
                     streamed: false,
                 }))
             }
-            LogicalMessage::Commit(commit) => {
-                let xid = self
-                    .open_xid
-                    .take()
-                    .ok_or_else(|| AssembleError::Unexpected {
-                        lsn,
-                        what: "Commit outside a transaction".into(),
-                    })?;
-                Assembled::Event(TxnEvent::Commit(TxnCommit {
-                    xid,
-                    commit_lsn: commit.commit_lsn,
-                    end_lsn: commit.end_lsn,
-                    commit_time: commit.commit_time,
-                    effects: super::event::no_effects(),
-                }))
-            }
+            LogicalMessage::Commit(commit) => self.commit(lsn, &commit)?,
             LogicalMessage::Relation(relation) => {
                 let relation = Arc::new(relation);
                 self.relations.insert(relation.oid, relation.clone());
@@ -162,11 +148,7 @@ impl Assembler {
                 if in_stream.is_some() =>
             {
                 let top = in_stream.unwrap_or_default();
-                let subxid = message_xid(&message).unwrap_or(top);
-                let spool = self.spool_for(top)?;
-                spool
-                    .append(subxid, &data)
-                    .map_err(|source| AssembleError::Spool { xid: top, source })?;
+                self.spool_change(top, &message, &data)?;
                 Assembled::Nothing
             }
             LogicalMessage::Insert(_)
@@ -191,51 +173,10 @@ impl Assembler {
                 Assembled::Nothing
             }
             LogicalMessage::StreamAbort(abort) => {
-                if abort.subxid == abort.xid {
-                    self.spools.remove(&abort.xid);
-                } else if let Some(spool) = self.spools.get_mut(&abort.xid) {
-                    spool
-                        .abort_subxact(abort.subxid)
-                        .map_err(|source| AssembleError::Spool {
-                            xid: abort.xid,
-                            source,
-                        })?;
-                }
+                self.stream_abort(&abort)?;
                 Assembled::Nothing
             }
-            LogicalMessage::StreamCommit(commit) => {
-                let spool = match self.spools.remove(&commit.xid) {
-                    Some(spool) => spool,
-                    None => Spool::create(&self.spool_dir, commit.xid).map_err(|source| {
-                        AssembleError::Spool {
-                            xid: commit.xid,
-                            source,
-                        }
-                    })?,
-                };
-                let reader = spool.into_replay().map_err(|source| AssembleError::Spool {
-                    xid: commit.xid,
-                    source,
-                })?;
-                Assembled::Replay(Box::new(StreamReplay {
-                    reader,
-                    lsn,
-                    state: ReplayState::Begin,
-                    begin: TxnBegin {
-                        xid: commit.xid,
-                        commit_lsn: commit.commit_lsn,
-                        commit_time: commit.commit_time,
-                        streamed: true,
-                    },
-                    commit: TxnCommit {
-                        xid: commit.xid,
-                        commit_lsn: commit.commit_lsn,
-                        end_lsn: commit.end_lsn,
-                        commit_time: commit.commit_time,
-                        effects: super::event::no_effects(),
-                    },
-                }))
-            }
+            LogicalMessage::StreamCommit(commit) => self.stream_commit(lsn, &commit)?,
             LogicalMessage::Type(_) | LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {
                 Assembled::Nothing
             }
@@ -249,6 +190,95 @@ impl Assembler {
                 });
             }
         })
+    }
+
+    /// Commit: closes the open transaction (an error outside one).
+    #[inline]
+    fn commit(&mut self, lsn: Lsn, commit: &Commit) -> Result<Assembled, AssembleError> {
+        let xid = self
+            .open_xid
+            .take()
+            .ok_or_else(|| AssembleError::Unexpected {
+                lsn,
+                what: "Commit outside a transaction".into(),
+            })?;
+        Ok(Assembled::Event(TxnEvent::Commit(TxnCommit {
+            xid,
+            commit_lsn: commit.commit_lsn,
+            end_lsn: commit.end_lsn,
+            commit_time: commit.commit_time,
+            effects: super::event::no_effects(),
+        })))
+    }
+
+    /// A change of a streamed transaction goes to its spool as received, under
+    /// its subtransaction, until the stream commits or aborts.
+    fn spool_change(
+        &mut self,
+        top: u32,
+        message: &LogicalMessage,
+        data: &Bytes,
+    ) -> Result<(), AssembleError> {
+        let subxid = message_xid(message).unwrap_or(top);
+        let spool = self.spool_for(top)?;
+        spool
+            .append(subxid, data)
+            .map_err(|source| AssembleError::Spool { xid: top, source })
+    }
+
+    /// Stream Abort: drops the whole spool, or only the aborted subtransaction.
+    fn stream_abort(&mut self, abort: &StreamAbort) -> Result<(), AssembleError> {
+        if abort.subxid == abort.xid {
+            self.spools.remove(&abort.xid);
+        } else if let Some(spool) = self.spools.get_mut(&abort.xid) {
+            spool
+                .abort_subxact(abort.subxid)
+                .map_err(|source| AssembleError::Spool {
+                    xid: abort.xid,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Stream Commit: the spooled transaction becomes a replay of its events
+    /// between a Begin and a Commit of its own.
+    fn stream_commit(
+        &mut self,
+        lsn: Lsn,
+        commit: &StreamCommit,
+    ) -> Result<Assembled, AssembleError> {
+        let spool = match self.spools.remove(&commit.xid) {
+            Some(spool) => spool,
+            None => Spool::create(&self.spool_dir, commit.xid).map_err(|source| {
+                AssembleError::Spool {
+                    xid: commit.xid,
+                    source,
+                }
+            })?,
+        };
+        let reader = spool.into_replay().map_err(|source| AssembleError::Spool {
+            xid: commit.xid,
+            source,
+        })?;
+        Ok(Assembled::Replay(Box::new(StreamReplay {
+            reader,
+            lsn,
+            state: ReplayState::Begin,
+            begin: TxnBegin {
+                xid: commit.xid,
+                commit_lsn: commit.commit_lsn,
+                commit_time: commit.commit_time,
+                streamed: true,
+            },
+            commit: TxnCommit {
+                xid: commit.xid,
+                commit_lsn: commit.commit_lsn,
+                end_lsn: commit.end_lsn,
+                commit_time: commit.commit_time,
+                effects: super::event::no_effects(),
+            },
+        })))
     }
 
     fn spool_for(&mut self, xid: u32) -> Result<&mut Spool, AssembleError> {

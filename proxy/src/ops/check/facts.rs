@@ -55,6 +55,8 @@ pub(super) async fn check_leader(
     }
 }
 
+/// The leader's settings, capacity, role, publication, slot and data groups, each
+/// turned into results by `rules`; an error is a query that could not run.
 async fn leader_facts(
     config: &Config,
     leader: &Client,
@@ -95,18 +97,7 @@ async fn leader_facts(
         our_slot_active: slot_row.as_ref().is_some_and(|r| r.get::<_, bool>(3)),
     }));
 
-    let role = query_one(
-        leader,
-        "SELECT current_user::text, rolsuper, rolreplication
-         FROM pg_catalog.pg_roles WHERE rolname = current_user",
-        &[],
-    )
-    .await?;
-    let role = RoleFacts {
-        name: role.get(0),
-        is_superuser: role.get(1),
-        can_replicate: role.get(2),
-    };
+    let role = role_facts(leader).await?;
     results.push(check_role(&role));
 
     let facts = PublicationFacts::read(leader, publication)
@@ -125,20 +116,7 @@ async fn leader_facts(
         .map(|r| r.get::<_, String>(0));
     results.push(check_policy_log_identity(ident.as_deref()));
 
-    let tables: Vec<String> = CONJUR_TABLES.iter().map(|t| (*t).to_owned()).collect();
-    let unreadable: Vec<String> = leader
-        .query(
-            "SELECT t FROM unnest($1::text[]) AS t
-             WHERE pg_catalog.to_regclass('public.' || quote_ident(t)) IS NOT NULL
-               AND NOT has_table_privilege(('public.' || quote_ident(t))::regclass, 'SELECT')
-             ORDER BY t",
-            &[&tables],
-        )
-        .await
-        .map_err(|e| sql_error("reading table privileges", &e))?
-        .iter()
-        .map(|r| format!("public.{}", r.get::<_, String>(0)))
-        .collect();
+    let unreadable = unreadable_tables(leader).await?;
     results.push(check_table_privileges(&role.name, &unreadable));
 
     let slot_facts = slot_row.map(|r| SlotFacts {
@@ -154,6 +132,48 @@ async fn leader_facts(
         config.max_lag_bytes,
     ));
 
+    check_data_groups(config, leader, results).await;
+    Ok(())
+}
+
+/// The connected role and its attributes.
+async fn role_facts(leader: &Client) -> Result<RoleFacts, String> {
+    let role = query_one(
+        leader,
+        "SELECT current_user::text, rolsuper, rolreplication
+         FROM pg_catalog.pg_roles WHERE rolname = current_user",
+        &[],
+    )
+    .await?;
+    Ok(RoleFacts {
+        name: role.get(0),
+        is_superuser: role.get(1),
+        can_replicate: role.get(2),
+    })
+}
+
+/// Conjur's tables that exist on the leader but the role cannot SELECT (the
+/// initial copy and the diff read them all).
+async fn unreadable_tables(leader: &Client) -> Result<Vec<String>, String> {
+    let tables: Vec<String> = CONJUR_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    Ok(leader
+        .query(
+            "SELECT t FROM unnest($1::text[]) AS t
+             WHERE pg_catalog.to_regclass('public.' || quote_ident(t)) IS NOT NULL
+               AND NOT has_table_privilege(('public.' || quote_ident(t))::regclass, 'SELECT')
+             ORDER BY t",
+            &[&tables],
+        )
+        .await
+        .map_err(|e| sql_error("reading table privileges", &e))?
+        .iter()
+        .map(|r| format!("public.{}", r.get::<_, String>(0)))
+        .collect())
+}
+
+/// One result per filtered follower: its replica set's data group must be a role on
+/// the leader, else the follower would receive no secrets at all.
+async fn check_data_groups(config: &Config, leader: &Client, results: &mut Vec<CheckResult>) {
     for follower in &config.followers {
         let Some(set) = &follower.replica_set else {
             continue;
@@ -178,7 +198,6 @@ async fn leader_facts(
             Err(e) => CheckResult::fail(name, sql_error("reading public.roles", &e)),
         });
     }
-    Ok(())
 }
 
 async fn check_replication_connection(config: &Config) -> CheckResult {

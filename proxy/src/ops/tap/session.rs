@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgsieve_protocol::Lsn;
-use pgsieve_protocol::pgoutput::{LogicalMessage, Message, PgOutputDecoder};
+use pgsieve_protocol::pgoutput::{LogicalMessage, Message, PgOutputDecoder, Truncate};
 use tokio_postgres::Client;
 
 use super::TapError;
@@ -28,7 +28,7 @@ use super::render::Renderer;
 use super::select::Selection;
 use crate::filter::FilterStage;
 use crate::txn::assemble::Assembled;
-use crate::txn::{AssembleError, Assembler, TxnEvent};
+use crate::txn::{AssembleError, Assembler, RowChange, TxnBegin, TxnCommit, TxnEvent};
 
 /// Whether to keep reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,141 +200,170 @@ impl<W: Write> Session<W> {
         })
     }
 
+    /// One assembled event, after the filter stage marked it: opens, prints or
+    /// closes the current transaction's lines.
     async fn event(&mut self, lsn: Lsn, mut event: TxnEvent) -> Result<Flow, TapError> {
         self.filter.process(&mut event)?;
         match event {
             TxnEvent::Relation(_) | TxnEvent::Idle { .. } => {}
-            TxnEvent::Begin(begin) => {
-                let commit_time = format_timestamp(begin.commit_time);
-                self.txn = Some(OpenTxn {
-                    xid: begin.xid,
-                    begin: BeginLine {
-                        lsn: lsn.to_string(),
-                        xid: begin.xid,
-                        commit_lsn: begin.commit_lsn.to_string(),
-                        commit_time: commit_time.clone(),
-                        streamed: begin.streamed,
-                    },
-                    commit_time,
-                    begin_printed: false,
-                    changes: 0,
-                });
-            }
-            TxnEvent::Change(change) => {
-                let Some(txn) = &mut self.txn else {
-                    return Ok(Flow::Continue);
-                };
-                txn.changes += 1;
-                let (xid, commit_time) = (txn.xid, txn.commit_time.clone());
-                let table = change.relation.qualified_name();
-                let described = describe(&change, self.show_values);
-                if !self
-                    .selection
-                    .change(xid, &table, &described.key, &described.columns)
-                {
-                    return Ok(Flow::Continue);
-                }
-                let resource_id = described
-                    .key
-                    .get("resource_id")
-                    .or_else(|| described.columns.get("resource_id"));
-                let model = self.has_model.then(|| self.filter.model());
-                let selection = &self.selection;
-                let decisions = self
-                    .targets
-                    .decisions(&change, resource_id, model, |t| selection.target(t));
-                let line = Line::Change(ChangeLine {
-                    lsn: lsn.to_string(),
-                    xid,
-                    commit_time,
-                    table,
-                    op: change.op.as_str(),
-                    key: described.key,
-                    old_key: described.old_key,
-                    columns: described.columns,
-                    decisions,
-                });
-                self.ensure_begin()?;
-                self.emit(&line)?;
-            }
-            TxnEvent::Truncate(truncate) => {
-                let Some(txn) = &mut self.txn else {
-                    return Ok(Flow::Continue);
-                };
-                txn.changes += 1;
-                let (xid, commit_time) = (txn.xid, txn.commit_time.clone());
-                let tables: Vec<String> = truncate
-                    .rel_ids
-                    .iter()
-                    .map(|oid| {
-                        self.assembler
-                            .relation(*oid)
-                            .map_or_else(|| format!("oid {oid}"), |r| r.qualified_name())
-                    })
-                    .collect();
-                if self.selection.truncate(xid, &tables) {
-                    self.ensure_begin()?;
-                    self.emit(&Line::Truncate(TruncateLine {
-                        lsn: lsn.to_string(),
-                        xid,
-                        commit_time,
-                        tables,
-                        cascade: truncate.options.cascade,
-                        restart_identity: truncate.options.restart_identity,
-                    }))?;
-                }
-            }
-            TxnEvent::Commit(commit) => {
-                self.last_end = self.last_end.max(commit.end_lsn);
-                let Some(txn) = self.txn.take() else {
-                    return Ok(Flow::Continue);
-                };
-                let commit_time = txn.commit_time.clone();
-                self.txn = Some(txn);
-                if self.has_model {
-                    let flips = commit.effects.flips.iter().flat_map(|flip| {
-                        self.targets
-                            .for_bit(flip.set)
-                            .map(move |target| (flip, target.clone()))
-                    });
-                    for (flip, target) in flips.collect::<Vec<_>>() {
-                        if !self
-                            .selection
-                            .effect(commit.xid, &target, &flip.resource_id)
-                        {
-                            continue;
-                        }
-                        let leader_versions = self.leader_versions(&flip.resource_id).await;
-                        self.ensure_begin()?;
-                        self.emit(&Line::Effect(EffectLine {
-                            lsn: lsn.to_string(),
-                            xid: commit.xid,
-                            commit_time: commit_time.clone(),
-                            follower: target.follower,
-                            replica_set: target.replica_set,
-                            variable: flip.resource_id.clone(),
-                            now_in: flip.now_in,
-                            leader_versions,
-                        }))?;
-                    }
-                }
-                let Some(txn) = self.txn.take() else {
-                    return Ok(Flow::Continue);
-                };
-                if txn.begin_printed {
-                    self.emit(&Line::Commit(CommitLine {
-                        lsn: lsn.to_string(),
-                        xid: commit.xid,
-                        commit_lsn: commit.commit_lsn.to_string(),
-                        end_lsn: commit.end_lsn.to_string(),
-                        commit_time,
-                        changes: txn.changes,
-                    }))?;
-                    return Ok(self.count_printed());
-                }
-            }
+            TxnEvent::Begin(begin) => self.begin(lsn, begin),
+            TxnEvent::Change(change) => self.change(lsn, &change)?,
+            TxnEvent::Truncate(truncate) => self.truncate(lsn, &truncate)?,
+            TxnEvent::Commit(commit) => return self.commit(lsn, &commit).await,
         }
         Ok(Flow::Continue)
+    }
+
+    /// Opens the transaction; its Begin line is held back until something of it
+    /// is printed.
+    fn begin(&mut self, lsn: Lsn, begin: TxnBegin) {
+        let commit_time = format_timestamp(begin.commit_time);
+        self.txn = Some(OpenTxn {
+            xid: begin.xid,
+            begin: BeginLine {
+                lsn: lsn.to_string(),
+                xid: begin.xid,
+                commit_lsn: begin.commit_lsn.to_string(),
+                commit_time: commit_time.clone(),
+                streamed: begin.streamed,
+            },
+            commit_time,
+            begin_printed: false,
+            changes: 0,
+        });
+    }
+
+    /// A row change: counted, then printed with each target's decision when the
+    /// selection keeps it.
+    fn change(&mut self, lsn: Lsn, change: &RowChange) -> Result<(), TapError> {
+        let Some(txn) = &mut self.txn else {
+            return Ok(());
+        };
+        txn.changes += 1;
+        let (xid, commit_time) = (txn.xid, txn.commit_time.clone());
+        let table = change.relation.qualified_name();
+        let described = describe(change, self.show_values);
+        if !self
+            .selection
+            .change(xid, &table, &described.key, &described.columns)
+        {
+            return Ok(());
+        }
+        let resource_id = described
+            .key
+            .get("resource_id")
+            .or_else(|| described.columns.get("resource_id"));
+        let model = self.has_model.then(|| self.filter.model());
+        let selection = &self.selection;
+        let decisions = self
+            .targets
+            .decisions(change, resource_id, model, |t| selection.target(t));
+        let line = Line::Change(ChangeLine {
+            lsn: lsn.to_string(),
+            xid,
+            commit_time,
+            table,
+            op: change.op.as_str(),
+            key: described.key,
+            old_key: described.old_key,
+            columns: described.columns,
+            decisions,
+        });
+        self.ensure_begin()?;
+        self.emit(&line)
+    }
+
+    /// A TRUNCATE: counted, then printed with its tables' names when selected.
+    fn truncate(&mut self, lsn: Lsn, truncate: &Truncate) -> Result<(), TapError> {
+        let Some(txn) = &mut self.txn else {
+            return Ok(());
+        };
+        txn.changes += 1;
+        let (xid, commit_time) = (txn.xid, txn.commit_time.clone());
+        let tables: Vec<String> = truncate
+            .rel_ids
+            .iter()
+            .map(|oid| {
+                self.assembler
+                    .relation(*oid)
+                    .map_or_else(|| format!("oid {oid}"), |r| r.qualified_name())
+            })
+            .collect();
+        if self.selection.truncate(xid, &tables) {
+            self.ensure_begin()?;
+            self.emit(&Line::Truncate(TruncateLine {
+                lsn: lsn.to_string(),
+                xid,
+                commit_time,
+                tables,
+                cascade: truncate.options.cascade,
+                restart_identity: truncate.options.restart_identity,
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// The commit: the transaction's effects (flips) first, then its Commit line
+    /// when its Begin was printed, which counts towards `--limit`.
+    async fn commit(&mut self, lsn: Lsn, commit: &TxnCommit) -> Result<Flow, TapError> {
+        self.last_end = self.last_end.max(commit.end_lsn);
+        let Some(txn) = &self.txn else {
+            return Ok(Flow::Continue);
+        };
+        let commit_time = txn.commit_time.clone();
+        if self.has_model {
+            self.effects(lsn, commit, &commit_time).await?;
+        }
+        let Some(txn) = self.txn.take() else {
+            return Ok(Flow::Continue);
+        };
+        if txn.begin_printed {
+            self.emit(&Line::Commit(CommitLine {
+                lsn: lsn.to_string(),
+                xid: commit.xid,
+                commit_lsn: commit.commit_lsn.to_string(),
+                end_lsn: commit.end_lsn.to_string(),
+                commit_time,
+                changes: txn.changes,
+            }))?;
+            return Ok(self.count_printed());
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// One line per selected flip and target: who gains or loses which variable.
+    async fn effects(
+        &mut self,
+        lsn: Lsn,
+        commit: &TxnCommit,
+        commit_time: &str,
+    ) -> Result<(), TapError> {
+        let flips = commit.effects.flips.iter().flat_map(|flip| {
+            self.targets
+                .for_bit(flip.set)
+                .map(move |target| (flip, target.clone()))
+        });
+        for (flip, target) in flips.collect::<Vec<_>>() {
+            if !self
+                .selection
+                .effect(commit.xid, &target, &flip.resource_id)
+            {
+                continue;
+            }
+            let leader_versions = self.leader_versions(&flip.resource_id).await;
+            self.ensure_begin()?;
+            self.emit(&Line::Effect(EffectLine {
+                lsn: lsn.to_string(),
+                xid: commit.xid,
+                commit_time: commit_time.to_owned(),
+                follower: target.follower,
+                replica_set: target.replica_set,
+                variable: flip.resource_id.clone(),
+                now_in: flip.now_in,
+                leader_versions,
+            }))?;
+        }
+        Ok(())
     }
 
     /// `secrets` rows of `variable` on the leader now (one COUNT per flip).

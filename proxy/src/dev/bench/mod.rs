@@ -259,22 +259,7 @@ async fn run_case(
     let say = |step: &str| progress.set_message(format!("{label}: {step}"));
     say("starting clusters");
     let with_pglogical = kinds.contains(&EngineKind::Pglogical);
-    let mut leader_spec = ClusterSpec::leader("leader");
-    if with_pglogical {
-        for line in PGLOGICAL_CONF {
-            leader_spec = leader_spec.with_conf(line);
-        }
-    }
-    let mut specs = vec![leader_spec];
-    for kind in kinds.iter().filter(|k| k.has_follower()) {
-        let mut spec = ClusterSpec::follower(kind.name());
-        if *kind == EngineKind::Pglogical {
-            for line in PGLOGICAL_CONF {
-                spec = spec.with_conf(line);
-            }
-        }
-        specs.push(spec);
-    }
+    let specs = case_cluster_specs(kinds, with_pglogical);
     let mut clusters = start_clusters(specs).await?.into_iter();
     let leader = clusters
         .next()
@@ -333,43 +318,12 @@ async fn run_case(
                 progress.println(format!("{label}: {}: {crash}", kind.name()));
                 leader_client = reconnect(&leader).await?;
                 let _ = engine.pause(&leader_client).await;
-                results.push(EngineResult {
-                    engine: kind,
-                    skipped: Some(format!("{CRASHED}: {crash}")),
-                    measured: None,
-                    rate: None,
-                    expected_rows: 0,
-                    delivered: None,
-                });
+                results.push(skipped(kind, format!("{CRASHED}: {crash}")));
                 continue;
             }
         };
-        let (expected_rows, delivered) = match engine.side() {
-            Some(side) => {
-                let skip: &[&str] = if kind == EngineKind::Pglogical {
-                    PGLOGICAL_SKIPS
-                } else {
-                    &[]
-                };
-                (
-                    expected.secret_rows(),
-                    Some(workloads::check_follower(&side.client, &expected, skip).await?),
-                )
-            }
-            None => {
-                let got = measured.raw_secret_inserts.unwrap_or(0);
-                let mut d = workloads::Delivered {
-                    secret_rows: got,
-                    ..Default::default()
-                };
-                if got != raw_expected {
-                    d.problems.push(format!(
-                        "{got} secrets inserts received, want {raw_expected}"
-                    ));
-                }
-                (raw_expected, Some(d))
-            }
-        };
+        let (expected_rows, delivered) =
+            delivery(engine, &expected, &measured, raw_expected).await?;
         results.push(EngineResult {
             engine: kind,
             skipped: None,
@@ -380,14 +334,10 @@ async fn run_case(
         });
     }
     if !with_pglogical {
-        results.push(EngineResult {
-            engine: EngineKind::Pglogical,
-            skipped: Some("postgresql-15-pglogical not installed".into()),
-            measured: None,
-            rate: None,
-            expected_rows: 0,
-            delivered: None,
-        });
+        results.push(skipped(
+            EngineKind::Pglogical,
+            "postgresql-15-pglogical not installed".into(),
+        ));
         results.sort_by_key(|e| e.engine);
     }
     drop(engines);
@@ -399,6 +349,77 @@ async fn run_case(
         leader_rows,
         write_seconds,
         engines: results,
+    })
+}
+
+/// The clusters of one case: the leader, then one follower per engine that has
+/// one, pglogical's settings where pglogical runs.
+fn case_cluster_specs(kinds: &[EngineKind], with_pglogical: bool) -> Vec<ClusterSpec> {
+    let mut leader_spec = ClusterSpec::leader("leader");
+    if with_pglogical {
+        for line in PGLOGICAL_CONF {
+            leader_spec = leader_spec.with_conf(line);
+        }
+    }
+    let mut specs = vec![leader_spec];
+    for kind in kinds.iter().filter(|k| k.has_follower()) {
+        let mut spec = ClusterSpec::follower(kind.name());
+        if *kind == EngineKind::Pglogical {
+            for line in PGLOGICAL_CONF {
+                spec = spec.with_conf(line);
+            }
+        }
+        specs.push(spec);
+    }
+    specs
+}
+
+/// The result row of an engine that was not measured, saying why.
+fn skipped(engine: EngineKind, reason: String) -> EngineResult {
+    EngineResult {
+        engine,
+        skipped: Some(reason),
+        measured: None,
+        rate: None,
+        expected_rows: 0,
+        delivered: None,
+    }
+}
+
+/// What an engine should have delivered and what it did: a follower's tables
+/// against `expected`, or the raw reader's insert count against `raw_expected`.
+async fn delivery(
+    engine: &Engine,
+    expected: &workloads::Expected,
+    measured: &engines::Measured,
+    raw_expected: i64,
+) -> Result<(i64, Option<workloads::Delivered>), BenchError> {
+    let kind = engine.kind();
+    Ok(match engine.side() {
+        Some(side) => {
+            let skip: &[&str] = if kind == EngineKind::Pglogical {
+                PGLOGICAL_SKIPS
+            } else {
+                &[]
+            };
+            (
+                expected.secret_rows(),
+                Some(workloads::check_follower(&side.client, expected, skip).await?),
+            )
+        }
+        None => {
+            let got = measured.raw_secret_inserts.unwrap_or(0);
+            let mut d = workloads::Delivered {
+                secret_rows: got,
+                ..Default::default()
+            };
+            if got != raw_expected {
+                d.problems.push(format!(
+                    "{got} secrets inserts received, want {raw_expected}"
+                ));
+            }
+            (raw_expected, Some(d))
+        }
     })
 }
 
@@ -487,22 +508,14 @@ async fn run_latency(sizes: &Sizes, progress: &ProgressBar) -> Result<LatencyRes
     for round in 0..sizes.w3_rounds {
         progress.set_message(format!("W3: round {}/{}", round + 1, sizes.w3_rounds));
         let variable = &variables[(round * 7919) % variables.len()];
-        let permit = Change::Permit {
-            role: group.clone(),
-            privilege: "execute".into(),
-            resource: variable.clone(),
-        };
+        let permit = Change::permit_execute(group.clone(), variable.clone());
         crate::harness::workload::apply_changes(&leader_client, None, &[permit]).await?;
         grants.push(
             until_rows(&side.client, variable, |n| n == versions)
                 .await
                 .map_err(|e| engine.with_log(e))?,
         );
-        let deny = Change::Deny {
-            role: group.clone(),
-            privilege: "execute".into(),
-            resource: variable.clone(),
-        };
+        let deny = Change::deny_execute(group.clone(), variable.clone());
         crate::harness::workload::apply_changes(&leader_client, None, &[deny]).await?;
         revokes.push(
             until_rows(&side.client, variable, |n| n == 0)

@@ -8,12 +8,13 @@ engines so every engine is measured the same way.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::Client;
 
 use crate::harness::HarnessError;
 use crate::harness::error::PgContext;
+use crate::harness::wait::poll;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ).
 fn clock_ticks() -> f64 {
@@ -121,27 +122,25 @@ pub async fn walsender_pid(
     slot_pattern: &str,
     timeout: Duration,
 ) -> Result<u32, HarnessError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let row = leader
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots \
+    poll(
+        timeout,
+        Duration::from_millis(5),
+        || format!("slot {slot_pattern} becoming active"),
+        async || {
+            let row = leader
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots \
                  WHERE slot_name LIKE $1 AND active_pid IS NOT NULL LIMIT 1",
-                &[&slot_pattern],
-            )
-            .await
-            .ctx(|| format!("reading the active pid of slot {slot_pattern}"))?;
-        if let Some(pid) = row.and_then(|r| r.get::<_, Option<i32>>(0)) {
-            return Ok(u32::try_from(pid).unwrap_or(0));
-        }
-        if Instant::now() > deadline {
-            return Err(HarnessError::Timeout {
-                what: format!("slot {slot_pattern} becoming active"),
-                waited: timeout,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+                    &[&slot_pattern],
+                )
+                .await
+                .ctx(|| format!("reading the active pid of slot {slot_pattern}"))?;
+            Ok(row
+                .and_then(|r| r.get::<_, Option<i32>>(0))
+                .map(|pid| u32::try_from(pid).unwrap_or(0)))
+        },
+    )
+    .await
 }
 
 /// Waits until no walsender serves a slot matching `slot_pattern` (after a
@@ -152,28 +151,24 @@ pub async fn wait_slot_inactive(
     slot_pattern: &str,
     timeout: Duration,
 ) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let active: bool = leader
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
+    poll(
+        timeout,
+        Duration::from_millis(10),
+        || format!("slot {slot_pattern} becoming inactive"),
+        async || {
+            let active: bool = leader
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
                  WHERE slot_name LIKE $1 AND active)",
-                &[&slot_pattern],
-            )
-            .await
-            .ctx(|| format!("reading whether slot {slot_pattern} is active"))?
-            .get(0);
-        if !active {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(HarnessError::Timeout {
-                what: format!("slot {slot_pattern} becoming inactive"),
-                waited: timeout,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+                    &[&slot_pattern],
+                )
+                .await
+                .ctx(|| format!("reading whether slot {slot_pattern} is active"))?
+                .get(0);
+            Ok((!active).then_some(()))
+        },
+    )
+    .await
 }
 
 /// Waits on the follower, in one server-side loop (a PK lookup every 10 ms,
