@@ -8,7 +8,7 @@
 //! (`bootstrap`, `reconcile`, `copy`, `diff`). Shared below the stages:
 //! `config`, `conn` (every connection), `sql` (quoting), `conjur` (facts
 //! about Conjur's tables), `metrics`, `report`. Operator commands live in
-//! `ops`, developer tools (`dev`, `bench`, `harness`) behind the `harness`
+//! `ops`, developer tools (`dev` with `dev::bench`, `harness`) behind the `harness`
 //! feature. Never does: protocol parsing (`pgsieve-protocol`) or
 //! authorization logic (`pgsieve-filters`) of its own.
 
