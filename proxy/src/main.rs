@@ -61,7 +61,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         Command::Run { config } => {
             let config = load(&config)?;
             init_logging(config.log_format, &config.log_level);
-            pgsieve::conn::preflight(&config)
+            pgsieve::run::preflight(&config)
                 .await
                 .map_err(|e| error_chain(&e))?;
             run(config, shutdown_signal())

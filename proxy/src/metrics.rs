@@ -17,6 +17,7 @@
 
 pub mod followers;
 pub mod http;
+pub mod resyncs;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -350,7 +351,7 @@ fn describe() {
             }
         });
     }
-    crate::diff::progress::describe_metrics();
+    resyncs::describe();
 }
 
 /// The fail-closed counter of `follower` (registered at 0 by every sink, so
@@ -399,22 +400,31 @@ pub fn count_error(kind: &'static str, follower: Option<&str>) {
 /// lookup per row; the handle is built when the relation is announced).
 #[derive(Debug, Default)]
 pub struct StreamMetrics {
-    seen: HashMap<u32, Counter>,
+    seen: HashMap<u32, (Counter, u64)>,
 }
 
 impl StreamMetrics {
-    /// Counts `event` if it is a row change; learns relations.
+    /// Counts `event` if it is a row change (locally: emitted at each
+    /// commit, no atomic per row); learns relations.
     pub fn observe(&mut self, event: &TxnEvent) {
         match event {
             TxnEvent::Relation(relation) => {
-                self.seen.insert(
-                    relation.oid,
-                    counter!(ROWS_SEEN, "table" => table_label(relation)),
-                );
+                let counter = counter!(ROWS_SEEN, "table" => table_label(relation));
+                self.seen
+                    .entry(relation.oid)
+                    .and_modify(|seen| seen.0 = counter.clone())
+                    .or_insert((counter, 0));
             }
             TxnEvent::Change(change) => {
-                if let Some(seen) = self.seen.get(&change.relation.oid) {
-                    seen.increment(1);
+                if let Some((_, pending)) = self.seen.get_mut(&change.relation.oid) {
+                    *pending += 1;
+                }
+            }
+            TxnEvent::Commit(_) => {
+                for (counter, pending) in self.seen.values_mut() {
+                    if *pending > 0 {
+                        counter.increment(std::mem::take(pending));
+                    }
                 }
             }
             _ => {}
@@ -441,11 +451,47 @@ pub struct FollowerMetrics {
 
 /// Per-table handles of one follower, kept in the sink's per-relation state.
 #[derive(Debug, Clone)]
+///
+/// Rows are counted locally and emitted when the follower transaction
+/// holding them commits: no atomic per row, and rows of a rolled-back group
+/// (streamed again later) are not counted twice.
 pub struct TableMetrics {
-    /// Rows sent to the follower.
-    pub forwarded: Counter,
-    /// Rows the filter kept from the follower.
-    pub dropped: Counter,
+    forwarded: Counter,
+    dropped: Counter,
+    pending_forwarded: u64,
+    pending_dropped: u64,
+}
+
+impl TableMetrics {
+    /// A row sent to the follower.
+    #[inline]
+    pub fn forwarded(&mut self) {
+        self.pending_forwarded += 1;
+    }
+
+    /// A row the filter kept from the follower.
+    #[inline]
+    pub fn dropped(&mut self) {
+        self.pending_dropped += 1;
+    }
+
+    /// The follower committed: emits what was counted.
+    pub fn emit(&mut self) {
+        if self.pending_forwarded > 0 {
+            self.forwarded
+                .increment(std::mem::take(&mut self.pending_forwarded));
+        }
+        if self.pending_dropped > 0 {
+            self.dropped
+                .increment(std::mem::take(&mut self.pending_dropped));
+        }
+    }
+
+    /// The follower transaction was rolled back: its rows come again.
+    pub fn discard(&mut self) {
+        self.pending_forwarded = 0;
+        self.pending_dropped = 0;
+    }
 }
 
 impl FollowerMetrics {
@@ -492,6 +538,8 @@ impl FollowerMetrics {
         TableMetrics {
             forwarded: counter!(ROWS_FORWARDED, "follower" => self.follower.clone(), "table" => table.clone()),
             dropped: counter!(ROWS_DROPPED, "follower" => self.follower.clone(), "table" => table),
+            pending_forwarded: 0,
+            pending_dropped: 0,
         }
     }
 

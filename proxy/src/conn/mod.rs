@@ -17,6 +17,8 @@
 //! A [`ConnConfig`] carries exactly one password, the one configured for that
 //! server; nothing here falls back to another server's credentials.
 
+mod transient;
+pub use transient::{is_transient_sql_error, is_transient_sqlstate};
 pub mod files;
 pub mod params;
 pub mod sql;
@@ -28,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub use params::{ChannelBinding, Host, Params, RootCert, SslMode, TargetSessionAttrs};
-pub use sql::{ConnectError, connect_client, connect_sql, preflight};
+pub use sql::{ConnectError, connect_client, connect_sql};
 pub use tls::{TlsInfo, TlsSetup};
 
 /// Connect timeout when the connection string sets none (libpq waits forever;

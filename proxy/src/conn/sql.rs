@@ -39,7 +39,7 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match &self.source {
             Failure::Conn(e) => e.is_transient(),
-            Failure::Pg(e) => crate::source::is_transient_sql_error(e),
+            Failure::Pg(e) => crate::conn::is_transient_sql_error(e),
         }
     }
 
@@ -96,32 +96,6 @@ pub async fn connect_client(
     )
     .await
     .map_err(fail)
-}
-
-/// Opens (and closes) a session to the leader and to every follower before
-/// `run` touches any of them, so a wrong CA, a wrong host name, a server
-/// without TLS under `sslmode=require` or a refused password is one clear
-/// error before anything is written. Unreachable servers are left to
-/// `run`'s retries.
-pub async fn preflight(config: &crate::config::Config) -> Result<(), ConnectError> {
-    let mut targets = vec![(&config.leader.pg, "the leader".to_owned())];
-    targets.extend(
-        config
-            .followers
-            .iter()
-            .map(|f| (&f.pg, format!("follower {}", f.name))),
-    );
-    let attempts = targets.iter().map(|(pg, what)| connect_client(pg, what));
-    for result in futures_util::future::join_all(attempts).await {
-        match result {
-            Ok(_) => {}
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %crate::report::error_chain(&e), "Server not reachable yet; run will retry.");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 async fn connect_one(

@@ -55,8 +55,9 @@ use tokio_postgres::Client;
 use self::apply::{WriteError, Writer};
 use self::compare::{Batch, DiffKind, Difference, Key, Merge, MergeError, RowSource, Side};
 use self::plan::TablePlan;
-use self::progress::{TableProgress, record_resync};
+use self::progress::TableProgress;
 use crate::copy::PublishedTable;
+use crate::metrics::resyncs::record_resync;
 use crate::sink::catalog::{SchemaMismatch, check_columns, table_columns};
 use crate::sink::origin::{FORCE_XID_SQL, XACT_SETUP_SQL};
 
@@ -238,7 +239,7 @@ impl DiffError {
     /// Whether retrying later may help (a lost connection, a restart).
     pub fn is_transient(&self) -> bool {
         match self {
-            DiffError::Sql { source, .. } => crate::source::is_transient_sql_error(source),
+            DiffError::Sql { source, .. } => crate::conn::is_transient_sql_error(source),
             _ => false,
         }
     }

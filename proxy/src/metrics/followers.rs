@@ -118,7 +118,7 @@ pub fn record(follower: &str) -> Arc<FollowerRecord> {
 
 /// `t` as UTC RFC 3339 with microseconds (the tap's format).
 pub fn rfc3339(t: SystemTime) -> String {
-    crate::ops::tap::line::format_timestamp(PgTimestamp::from_system_time(t))
+    crate::report::format_timestamp(PgTimestamp::from_system_time(t))
 }
 
 #[cfg(test)]

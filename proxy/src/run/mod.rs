@@ -32,6 +32,7 @@ use self::policy::Directive;
 use self::roster::Standing;
 
 pub mod policy;
+mod preflight;
 mod reader;
 pub mod roster;
 mod session;
@@ -145,6 +146,7 @@ impl RunError {
 /// Every connection goes through the shared connection layer (TLS,
 /// credentials per server): see `crate::conn`.
 pub use crate::conn::{connect_sql, describe_target};
+pub use preflight::preflight;
 
 fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> RunError {
     let what = what.into();

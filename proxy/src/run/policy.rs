@@ -18,10 +18,10 @@ use pgsieve_protocol::Lsn;
 
 use super::RunError;
 use crate::bootstrap::SnapshotError;
+use crate::conn::is_transient_sql_error;
 use crate::copy::CopyError;
 use crate::reconcile::ReconcileError;
 use crate::sink::ApplyError;
-use crate::source::is_transient_sql_error;
 
 /// What to do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

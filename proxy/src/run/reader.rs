@@ -11,7 +11,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::policy::{self, Directive};
 use super::roster::Roster;
-use super::session::SinkTasks;
 use super::{RunError, SessionEnd, start};
 use crate::config::Config;
 use crate::fanout::{DetachReason, Fanout, SendError};
@@ -19,6 +18,9 @@ use crate::feedback::Feedback;
 use crate::filter::FilterStage;
 use crate::metrics::{StreamMetrics, count_error};
 use crate::sink::ApplyError;
+
+/// The sink tasks of a session: each ends with its follower's index and result.
+pub(super) type SinkTasks = tokio::task::JoinSet<(usize, Result<(), ApplyError>)>;
 use crate::source::{ReplicationStream, SourceError};
 use crate::txn::assemble::Assembled;
 use crate::txn::{Assembler, TxnEvent};

@@ -13,7 +13,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_postgres::Client;
 
 use super::policy::{self, Directive};
-use super::reader::Reader;
+use super::reader::{Reader, SinkTasks};
 use super::roster::{Roster, Standing};
 use super::{FollowerSession, RunError, SessionEnd, sql_err, start};
 use crate::config::{Config, FollowerConfig};
@@ -27,9 +27,6 @@ use crate::sink::origin::setup_apply_session;
 use crate::sink::resync::Resync;
 use crate::sink::{ApplyError, GroupLimits, Sink, SinkSpec};
 use crate::source::{ReplicationConnection, SourceConfig};
-
-/// A sink task's result, with the follower's index.
-pub(super) type SinkTasks = JoinSet<(usize, Result<(), ApplyError>)>;
 
 /// Runs one session until shutdown, a rewind or an error.
 pub(super) async fn run_session(

@@ -300,8 +300,8 @@ impl Sink {
         let oid = change.relation.oid;
         if !self.allowed(change.mask) {
             self.stats.rows_dropped += 1;
-            if let Some(table) = self.tables.get(&oid) {
-                table.metrics.dropped.increment(1);
+            if let Some(table) = self.tables.get_mut(&oid) {
+                table.metrics.dropped();
             }
             return Ok(());
         }
@@ -321,7 +321,7 @@ impl Sink {
                 ),
             ));
         };
-        table.metrics.forwarded.increment(1);
+        table.metrics.forwarded();
         self.stats.rows_applied += 1;
         if let Some(group) = &mut self.group {
             group.wrote(1);
@@ -514,6 +514,9 @@ impl Sink {
             .record_leader_commits(&self.commit_times);
         self.metrics.committed(&self.commit_times);
         self.commit_times.clear();
+        for table in self.tables.values_mut() {
+            table.metrics.emit();
+        }
         Ok(())
     }
 
@@ -548,6 +551,9 @@ impl Sink {
         self.batch = None;
         self.commit_times.clear();
         self.group = None;
+        for table in self.tables.values_mut() {
+            table.metrics.discard();
+        }
         self.conn.rollback().await;
     }
 }

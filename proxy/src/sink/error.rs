@@ -202,7 +202,7 @@ impl ApplyError {
     /// change being unappliable).
     pub fn connection_lost(&self) -> bool {
         self.sql_error()
-            .is_some_and(crate::source::is_transient_sql_error)
+            .is_some_and(crate::conn::is_transient_sql_error)
     }
 
     /// The database error behind this failure, if there is one.

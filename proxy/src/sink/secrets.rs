@@ -1,6 +1,6 @@
 //! Statements on a follower's `secrets` table shared by the two writers that
 //! copy secrets outside the stream: grant backfills in the stream
-//! (`resync`) and the session-start reconcile (`crate::reconcile`).
+//! (`resync`) and the session-start reconcile (`reconcile.rs`).
 //!
 //! Columns are the follower's, by name; values travel as text, and the
 //! leader side selects the same names cast to text, so types that differ in

@@ -35,5 +35,5 @@ mod stream;
 
 pub use commands::{CreatedSlot, SlotInfo, SnapshotAction, SystemIdentity};
 pub use connect::{ReplicationConnection, SourceConfig};
-pub use error::{SourceError, is_transient_sql_error};
+pub use error::SourceError;
 pub use stream::{ReplicationStream, StatusSender};

@@ -575,7 +575,7 @@ async fn until_rows(
 
 /// Today's UTC date as YYYY-MM-DD (the tap's timestamp formatting, cut).
 fn today() -> String {
-    let mut stamp = crate::ops::tap::line::format_timestamp(pgsieve_protocol::PgTimestamp::now());
+    let mut stamp = crate::report::format_timestamp(pgsieve_protocol::PgTimestamp::now());
     stamp.truncate(10);
     stamp
 }

@@ -10,8 +10,6 @@ renderer can leak a secret by accident.
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use pgsieve_protocol::PgTimestamp;
-
 /// One line of tap output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -175,56 +173,9 @@ impl Serialize for Fields {
     }
 }
 
-/// RFC 3339 UTC with microseconds: `2026-11-24T10:00:01.123456Z`.
-pub fn format_timestamp(ts: PgTimestamp) -> String {
-    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-    let unix_micros = ts.0.saturating_add(PG_EPOCH_UNIX_MICROS);
-    let secs = unix_micros.div_euclid(1_000_000);
-    let micros = unix_micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        of_day / 3600,
-        (of_day / 60) % 60,
-        of_day % 60
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(
-            format_timestamp(PgTimestamp(0)),
-            "2000-01-01T00:00:00.000000Z"
-        );
-        // 2024-02-29 12:34:56.789012 UTC = Unix 1_709_210_096.
-        let unix = 1_709_210_096_i64;
-        let ts = PgTimestamp((unix - 946_684_800) * 1_000_000 + 789_012);
-        assert_eq!(format_timestamp(ts), "2024-02-29T12:34:56.789012Z");
-        assert_eq!(
-            format_timestamp(PgTimestamp(-1)),
-            "1999-12-31T23:59:59.999999Z"
-        );
-    }
 
     #[test]
     fn json_keeps_column_order_and_tags_the_type() {

@@ -20,13 +20,11 @@ use tokio_postgres::Client;
 use super::TapError;
 use super::decide::Targets;
 use super::describe::describe;
-use super::line::{
-    BeginLine, ChangeLine, CommitLine, EffectLine, Line, MessageLine, TruncateLine,
-    format_timestamp,
-};
+use super::line::{BeginLine, ChangeLine, CommitLine, EffectLine, Line, MessageLine, TruncateLine};
 use super::render::Renderer;
 use super::select::Selection;
 use crate::filter::FilterStage;
+use crate::report::format_timestamp;
 use crate::txn::assemble::Assembled;
 use crate::txn::{AssembleError, Assembler, RowChange, TxnBegin, TxnCommit, TxnEvent};
 
