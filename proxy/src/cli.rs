@@ -121,6 +121,10 @@ pub enum Command {
         /// `1,2` with `--quick`; none when `--workload` is given); `0` for none.
         #[arg(long, value_delimiter = ',', value_name = "N,...")]
         fanout: Option<Vec<usize>>,
+        /// Leave pglogical out even when installed (its filtered W2 catch-up is
+        /// quadratic: up to an hour).
+        #[arg(long)]
+        without_pglogical: bool,
     },
     /// Local leader + two followers (installed PostgreSQL), a sample policy with two
     /// replica sets, a live grant and revoke with their latency; then cleans up.

@@ -143,7 +143,18 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             workloads,
             no_progress,
             fanout,
-        } => bench(quick, out, workloads, no_progress, fanout).await,
+            without_pglogical,
+        } => {
+            bench(
+                quick,
+                out,
+                workloads,
+                no_progress,
+                fanout,
+                without_pglogical,
+            )
+            .await
+        }
         #[cfg(feature = "harness")]
         Command::Demo { keep_running } => {
             pgsieve::dev::demo::run(&pgsieve::dev::demo::DemoOptions { keep_running })
@@ -229,6 +240,7 @@ async fn bench(
     workloads: Vec<pgsieve::dev::bench::Workload>,
     no_progress: bool,
     fanout: Option<Vec<usize>>,
+    without_pglogical: bool,
 ) -> Result<(), String> {
     init_logging(LogFormat::Text, "warn");
     let mut options = pgsieve::dev::bench::BenchOptions::new(quick);
@@ -241,6 +253,7 @@ async fn bench(
         options.fanout = counts.into_iter().filter(|&n| n > 0).collect();
     }
     options.progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    options.pglogical = !without_pglogical;
     let report = pgsieve::dev::bench::run(&options)
         .await
         .map_err(|e| error_chain(&e))?;

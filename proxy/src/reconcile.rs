@@ -8,6 +8,15 @@
 //! - Every resource in its set whose secrets it lacks is backfilled from the
 //!   leader, in the same snapshot as the model (chunked: a few hundred
 //!   resources' rows in memory at a time).
+//! - Every resource in its set it holds *incompletely* is backfilled too
+//!   (missing rows only: the insert does nothing on a key it holds). A
+//!   follower can hold an in-set variable without some of its versions: a
+//!   grant's copy that found the variable revoked again on the leader copies
+//!   nothing, later versions stream in, and a restart before the next grant
+//!   replays that grant inside the window, where it has no effect (ARCHITECTURE.md,
+//!   "Session start and gaps"). Versions newer than the newest it holds are
+//!   the stream's to bring; so a resource is incomplete when the leader has
+//!   more versions up to the follower's newest than the follower holds.
 //!
 //! Cost: one pass over the resource ids the follower holds (a cursor in byte
 //! order, merged with the model's sorted in-set ids) plus work proportional
@@ -47,6 +56,8 @@ pub struct ReconcileReport {
     pub backfilled: u64,
     /// Secrets rows copied for them.
     pub backfilled_rows: u64,
+    /// Of the backfilled resources, those the follower held incompletely.
+    pub repaired: u64,
 }
 
 /// Why a reconcile failed.
@@ -84,6 +95,10 @@ pub async fn reconcile_follower(
         .prepare(&select)
         .await
         .map_err(|e| failed(name, "preparing the leader query", e))?;
+    let counts = leader
+        .prepare(&leader_versions_sql())
+        .await
+        .map_err(|e| failed(name, "preparing the leader query", e))?;
 
     let mut in_set: Vec<&str> = match set_bit {
         Some(bit) => model.resources_in(bit).collect(),
@@ -95,7 +110,8 @@ pub async fn reconcile_follower(
     follower
         .batch_execute(&format!(
             "BEGIN; DECLARE pgsieve_held NO SCROLL CURSOR FOR \
-             SELECT DISTINCT resource_id COLLATE \"C\" FROM {SECRETS_QUALIFIED} ORDER BY 1"
+             SELECT resource_id COLLATE \"C\", max(version)::int8, count(*) \
+             FROM {SECRETS_QUALIFIED} GROUP BY 1 ORDER BY 1"
         ))
         .await
         .map_err(|e| failed(name, "reading what the follower holds", e))?;
@@ -112,6 +128,7 @@ pub async fn reconcile_follower(
             .map_err(|e| failed(name, "reading what the follower holds", e))?;
         let done = rows.len() < HELD_FETCH;
         let mut purge: Vec<String> = Vec::new();
+        let mut kept = HeldVersions::default();
         for row in &rows {
             let held: &str = row.get(0);
             report.held += 1;
@@ -129,8 +146,16 @@ pub async fn reconcile_follower(
             }
             if set_bit.is_some_and(|bit| !model.decide(held.as_bytes()).contains(bit)) {
                 purge.push(held.to_owned());
+            } else {
+                kept.push(held, row.get(1), row.get(2));
             }
         }
+        let incomplete = kept
+            .incomplete(leader, &counts)
+            .await
+            .map_err(|e| failed(name, "comparing versions with the leader", e))?;
+        report.repaired += incomplete.len() as u64;
+        missing.extend(incomplete);
         if !purge.is_empty() {
             report.purged += purge.len() as u64;
             report.purged_rows += follower
@@ -175,10 +200,66 @@ pub async fn reconcile_follower(
         purged_rows = report.purged_rows,
         backfilled = report.backfilled,
         backfilled_rows = report.backfilled_rows,
+        repaired = report.repaired,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Follower's secrets reconciled with the leader's model."
     );
     Ok(report)
+}
+
+/// Per resource id (`$1`) and the follower's newest version of it (`$2`):
+/// how many versions up to that one the leader holds.
+fn leader_versions_sql() -> String {
+    format!(
+        "SELECT f.id, count(s.version) \
+         FROM unnest($1::text[], $2::int8[]) AS f(id, newest) \
+         JOIN {SECRETS_QUALIFIED} s ON s.resource_id = f.id AND s.version <= f.newest \
+         GROUP BY f.id"
+    )
+}
+
+/// The in-set resources of one fetch the follower holds: newest version and
+/// how many versions.
+#[derive(Default)]
+struct HeldVersions {
+    ids: Vec<String>,
+    newest: Vec<i64>,
+    count: Vec<i64>,
+}
+
+impl HeldVersions {
+    fn push(&mut self, id: &str, newest: i64, count: i64) {
+        self.ids.push(id.to_owned());
+        self.newest.push(newest);
+        self.count.push(count);
+    }
+
+    /// The ids the leader holds more versions of, up to the follower's
+    /// newest, than the follower does (one leader query per fetch).
+    async fn incomplete(
+        &self,
+        leader: &Client,
+        counts: &tokio_postgres::Statement,
+    ) -> Result<Vec<String>, tokio_postgres::Error> {
+        if self.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = leader.query(counts, &[&self.ids, &self.newest]).await?;
+        let held: std::collections::HashMap<&str, i64> = self
+            .ids
+            .iter()
+            .map(String::as_str)
+            .zip(self.count.iter().copied())
+            .collect();
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let id: &str = row.get(0);
+                let leader_count: i64 = row.get(1);
+                (leader_count > held.get(id).copied().unwrap_or(0)).then(|| id.to_owned())
+            })
+            .collect())
+    }
 }
 
 fn failed(follower: &str, step: &'static str, source: tokio_postgres::Error) -> ReconcileError {
@@ -199,17 +280,16 @@ async fn backfill(
     ids: &[String],
     report: &mut ReconcileReport,
 ) -> Result<(), tokio_postgres::Error> {
-    if ids.is_empty() {
-        return Ok(());
+    for ids in ids.chunks(BACKFILL_CHUNK_IDS) {
+        report.backfilled += ids.len() as u64;
+        let rows = leader.query(select, &[&ids]).await?;
+        report.backfilled_rows += rows.len() as u64;
+        let params: Vec<Vec<WireValue>> = rows.iter().map(SecretsTable::insert_params).collect();
+        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params
+            .iter()
+            .map(|p| p.iter().map(|v| v as &(dyn ToSql + Sync)).collect())
+            .collect();
+        try_join_all(refs.iter().map(|r| follower.execute(&table.insert, r))).await?;
     }
-    report.backfilled += ids.len() as u64;
-    let rows = leader.query(select, &[&ids]).await?;
-    report.backfilled_rows += rows.len() as u64;
-    let params: Vec<Vec<WireValue>> = rows.iter().map(SecretsTable::insert_params).collect();
-    let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params
-        .iter()
-        .map(|p| p.iter().map(|v| v as &(dyn ToSql + Sync)).collect())
-        .collect();
-    try_join_all(refs.iter().map(|r| follower.execute(&table.insert, r))).await?;
     Ok(())
 }

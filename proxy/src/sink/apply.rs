@@ -16,7 +16,7 @@ use pgsieve_protocol::pgoutput::{OldTuple, Relation, Truncate, TupleData};
 use pgsieve_protocol::{Lsn, PgTimestamp};
 use tokio_postgres::Client;
 
-use super::batch::InsertBatch;
+use super::batch::{Gathered, InsertBatch, PendingInserts};
 use super::connection::FollowerConnection;
 use super::error::{ApplyContext, ApplyError, Operation};
 use super::resync::Resync;
@@ -128,8 +128,8 @@ pub struct Sink {
     /// this bound there. A duplicate key anyway restarts the follower with
     /// upserts through the failing transaction (`run::policy`).
     upsert_until: Lsn,
-    /// Consecutive inserts into one table, sent together.
-    batch: Option<InsertBatch>,
+    /// Inserts gathered per table, sent together.
+    inserts: PendingInserts,
     metrics: FollowerMetrics,
     /// Leader commit times of the transactions in the open group (apply
     /// latency, group size); reused across groups.
@@ -175,7 +175,7 @@ impl Sink {
             skip_until: spec.skip_until,
             skipping: false,
             upsert_until: spec.upsert_until,
-            batch: None,
+            inserts: PendingInserts::default(),
             metrics,
             commit_times: Vec::new(),
         })
@@ -280,7 +280,7 @@ impl Sink {
     }
 
     async fn on_relation(&mut self, relation: &Arc<Relation>) -> Result<(), ApplyError> {
-        self.flush_batch().await?;
+        self.flush_inserts().await?;
         if let Some(existing) = self.tables.get(&relation.oid) {
             if existing.relation.as_ref() == relation.as_ref() {
                 return Ok(());
@@ -305,10 +305,8 @@ impl Sink {
             }
             return Ok(());
         }
-        let continues_batch = matches!(change.op, RowOp::Insert(_))
-            && self.batch.as_ref().is_none_or(|b| b.oid == oid);
-        if !continues_batch {
-            self.flush_batch().await?;
+        if !matches!(change.op, RowOp::Insert(_)) {
+            self.flush_inserts().await?;
         }
         let commit_lsn = self.commit_lsn();
         let Some(table) = self.tables.get_mut(&oid) else {
@@ -329,13 +327,14 @@ impl Sink {
         match &change.op {
             RowOp::Insert(insert) => {
                 let upsert = commit_lsn < self.upsert_until;
-                let batch = self
-                    .batch
-                    .get_or_insert_with(|| InsertBatch::new(table, commit_lsn, upsert));
-                if batch.add(table, &insert.new) {
-                    self.flush_batch().await?;
+                match self.inserts.add(table, commit_lsn, upsert, &insert.new) {
+                    Gathered::Room => Ok(()),
+                    Gathered::Full(index) => {
+                        let batch = self.inserts.take(index);
+                        self.send_batch(batch).await
+                    }
+                    Gathered::Overfull => self.flush_inserts().await,
                 }
-                Ok(())
             }
             RowOp::Delete(delete) => {
                 let old = old_tuple(&delete.old);
@@ -369,7 +368,7 @@ impl Sink {
     }
 
     async fn on_truncate(&mut self, truncate: &Truncate) -> Result<(), ApplyError> {
-        self.flush_batch().await?;
+        self.flush_inserts().await?;
         let commit_lsn = self.commit_lsn();
         let mut names = Vec::with_capacity(truncate.rel_ids.len());
         for oid in truncate.rel_ids.iter() {
@@ -416,7 +415,7 @@ impl Sink {
         if let (Some(bit), false) = (self.set_bit, commit.effects.is_empty()) {
             let flips: Vec<_> = commit.effects.for_set(bit).collect();
             if !flips.is_empty() {
-                self.flush_batch().await?;
+                self.flush_inserts().await?;
                 self.resync_flips(commit.xid, commit.commit_lsn, &flips)
                     .await?;
             }
@@ -470,11 +469,15 @@ impl Sink {
         Ok(())
     }
 
-    /// Sends the pending inserts.
-    async fn flush_batch(&mut self) -> Result<(), ApplyError> {
-        let Some(batch) = self.batch.take() else {
-            return Ok(());
-        };
+    /// Sends every gathered insert.
+    async fn flush_inserts(&mut self) -> Result<(), ApplyError> {
+        while let Some(batch) = self.inserts.pop() {
+            self.send_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&mut self, batch: InsertBatch) -> Result<(), ApplyError> {
         let Some(table) = self.tables.get_mut(&batch.oid) else {
             return Err(ApplyError::invalid(
                 self.conn.follower(),
@@ -496,7 +499,7 @@ impl Sink {
                 "commit requested inside a leader transaction",
             ));
         }
-        self.flush_batch().await?;
+        self.flush_inserts().await?;
         let Some(group) = self.group.take() else {
             return Ok(());
         };
@@ -548,7 +551,7 @@ impl Sink {
 
     /// Abandons the open follower transaction (shutdown or reconnect).
     pub async fn abandon(&mut self) {
-        self.batch = None;
+        self.inserts.clear();
         self.commit_times.clear();
         self.group = None;
         for table in self.tables.values_mut() {

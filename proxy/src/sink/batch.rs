@@ -1,7 +1,15 @@
-//! Consecutive inserts into one table, gathered and sent together: a run of
-//! plain inserts as one `COPY`, upserts (and short runs) as multi-row
-//! INSERTs in power-of-two chunks, so each table needs at most a handful of
-//! prepared shapes.
+//! Inserts gathered per table and sent together: a run of plain inserts as
+//! one `COPY`, upserts (and short runs) as multi-row INSERTs in power-of-two
+//! chunks, so each table needs at most a handful of prepared shapes.
+//!
+//! Inserts into different tables may be gathered side by side and sent in
+//! another order than the leader wrote them: apply sessions run with
+//! `session_replication_role = replica` (no triggers, no foreign-key checks)
+//! and every other kind of change, every commit and every relation message
+//! sends what is gathered first, so only inserts into *different* tables
+//! trade places, inside one follower transaction. A policy load writing
+//! roles, resources, permissions and annotations in turn then goes out as a
+//! few large COPYs instead of many short INSERTs.
 
 use bytes::BytesMut;
 use pgsieve_protocol::Lsn;
@@ -18,6 +26,81 @@ use super::value::{WireValue, encode_row};
 /// accept it before its rows can follow).
 const COPY_MAX_ROWS: usize = 4096;
 const COPY_MIN_ROWS: usize = 64;
+/// Rows gathered over every table at most (bounded memory: a few MiB).
+const PENDING_MAX_ROWS: usize = 2 * COPY_MAX_ROWS;
+
+/// What [`PendingInserts::add`] asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gathered {
+    /// Room for more.
+    Room,
+    /// The batch at this index is full: send it.
+    Full(usize),
+    /// Too many rows are gathered over all tables: send everything.
+    Overfull,
+}
+
+/// The batches being gathered, at most one per table.
+#[derive(Default)]
+pub struct PendingInserts {
+    batches: Vec<InsertBatch>,
+    rows: usize,
+}
+
+impl PendingInserts {
+    /// Whether nothing is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Gathers `row` of `table` (a new batch takes `commit_lsn` and `upsert`
+    /// from the transaction that starts it).
+    pub fn add(
+        &mut self,
+        table: &TableApply,
+        commit_lsn: Lsn,
+        upsert: bool,
+        row: &TupleData,
+    ) -> Gathered {
+        let oid = table.relation.oid;
+        let index = match self.batches.iter().position(|b| b.oid == oid) {
+            Some(index) => index,
+            None => {
+                self.batches
+                    .push(InsertBatch::new(table, commit_lsn, upsert));
+                self.batches.len() - 1
+            }
+        };
+        self.rows += 1;
+        if self.batches[index].add(table, row) {
+            Gathered::Full(index)
+        } else if self.rows >= PENDING_MAX_ROWS {
+            Gathered::Overfull
+        } else {
+            Gathered::Room
+        }
+    }
+
+    /// Takes the batch at `index` out, to be sent.
+    pub fn take(&mut self, index: usize) -> InsertBatch {
+        let batch = self.batches.swap_remove(index);
+        self.rows -= batch.rows;
+        batch
+    }
+
+    /// Takes the last batch out, to be sent (`None` when all are).
+    pub fn pop(&mut self) -> Option<InsertBatch> {
+        let batch = self.batches.pop()?;
+        self.rows -= batch.rows;
+        Some(batch)
+    }
+
+    /// Drops everything gathered (the follower transaction is abandoned).
+    pub fn clear(&mut self) {
+        self.batches.clear();
+        self.rows = 0;
+    }
+}
 
 /// Inserts waiting to be sent together.
 pub struct InsertBatch {

@@ -85,6 +85,8 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Follower counts of the fan-out runs (empty: none).
     pub fanout: Vec<usize>,
+    /// Whether pglogical runs when installed.
+    pub pglogical: bool,
 }
 
 impl BenchOptions {
@@ -97,6 +99,7 @@ impl BenchOptions {
             workloads: Vec::new(),
             progress: true,
             fanout: if quick { vec![1, 2] } else { vec![1, 2, 4, 8] },
+            pglogical: true,
         }
     }
 }
@@ -107,7 +110,7 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Runs the bench, writes the report into the output directory and returns it.
 pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     let bindir = crate::harness::cluster::bindir()?;
-    let pglogical = engines::pglogical_available(bindir);
+    let pglogical = options.pglogical && engines::pglogical_available(bindir);
     let mut notes = Vec::new();
     let (sizes, overrides) = options
         .sizes
@@ -132,6 +135,8 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
              pglogical's replication set."
                 .to_owned(),
         );
+    } else if !options.pglogical {
+        notes.push("pglogical left out (--without-pglogical).".into());
     } else {
         notes.push(format!(
             "pglogical skipped: postgresql-15-pglogical is not installed ({} has no pglogical.so).",
