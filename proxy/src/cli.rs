@@ -104,28 +104,7 @@ pub enum Command {
     /// End-to-end catch-up, lag, CPU and memory of pgsieve against native logical
     /// replication, pglogical (when installed) and a raw reader, on local clusters.
     #[cfg(feature = "harness")]
-    Bench {
-        /// Small sizes (a few minutes; what CI runs).
-        #[arg(long)]
-        quick: bool,
-        /// Report directory (default `benches/results/<date>`).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// Workloads to run (repeatable; default all).
-        #[arg(long = "workload", value_enum, value_name = "W")]
-        workloads: Vec<pgsieve::dev::bench::Workload>,
-        /// No progress spinner, even on a terminal.
-        #[arg(long)]
-        no_progress: bool,
-        /// Follower counts of the fan-out runs, e.g. `1,2,4,8` (default: that, or
-        /// `1,2` with `--quick`; none when `--workload` is given); `0` for none.
-        #[arg(long, value_delimiter = ',', value_name = "N,...")]
-        fanout: Option<Vec<usize>>,
-        /// Leave pglogical out even when installed (its filtered W2 catch-up is
-        /// quadratic: up to an hour).
-        #[arg(long)]
-        without_pglogical: bool,
-    },
+    Bench(BenchArgs),
     /// Local leader + two followers (installed PostgreSQL), a sample policy with two
     /// replica sets, a live grant and revoke with their latency; then cleans up.
     #[cfg(feature = "harness")]
@@ -143,4 +122,30 @@ pub enum StatusFormat {
     Text,
     /// One JSON object (fields documented in the README).
     Json,
+}
+
+/// `pgsieve bench`'s options.
+#[cfg(feature = "harness")]
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Small sizes (a few minutes; what CI runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Report directory (default `benches/results/<date>`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Workloads to run (repeatable; default all).
+    #[arg(long = "workload", value_enum, value_name = "W")]
+    pub workloads: Vec<pgsieve::dev::bench::Workload>,
+    /// No progress spinner, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Follower counts of the fan-out runs, e.g. `1,2,4,8` (default: that, or
+    /// `1,2` with `--quick`; none when `--workload` is given); `0` for none.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub fanout: Option<Vec<usize>>,
+    /// Leave pglogical out even when installed (its filtered W2 catch-up is
+    /// quadratic: up to an hour).
+    #[arg(long)]
+    pub without_pglogical: bool,
 }

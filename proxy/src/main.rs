@@ -137,24 +137,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 .map_err(|e| error_chain(&e))
         }
         #[cfg(feature = "harness")]
-        Command::Bench {
-            quick,
-            out,
-            workloads,
-            no_progress,
-            fanout,
-            without_pglogical,
-        } => {
-            bench(
-                quick,
-                out,
-                workloads,
-                no_progress,
-                fanout,
-                without_pglogical,
-            )
-            .await
-        }
+        Command::Bench(args) => bench(args).await,
         #[cfg(feature = "harness")]
         Command::Demo { keep_running } => {
             pgsieve::dev::demo::run(&pgsieve::dev::demo::DemoOptions { keep_running })
@@ -234,26 +217,19 @@ async fn verify(
 /// `pgsieve bench`: the flags become [`pgsieve::dev::bench::BenchOptions`]; problems
 /// the bench finds make the exit code fail.
 #[cfg(feature = "harness")]
-async fn bench(
-    quick: bool,
-    out: Option<std::path::PathBuf>,
-    workloads: Vec<pgsieve::dev::bench::Workload>,
-    no_progress: bool,
-    fanout: Option<Vec<usize>>,
-    without_pglogical: bool,
-) -> Result<(), String> {
+async fn bench(args: cli::BenchArgs) -> Result<(), String> {
     init_logging(LogFormat::Text, "warn");
-    let mut options = pgsieve::dev::bench::BenchOptions::new(quick);
-    options.out = out;
-    if !workloads.is_empty() {
+    let mut options = pgsieve::dev::bench::BenchOptions::new(args.quick);
+    options.out = args.out;
+    if !args.workloads.is_empty() {
         options.fanout.clear();
     }
-    options.workloads = workloads;
-    if let Some(counts) = fanout {
+    options.workloads = args.workloads;
+    if let Some(counts) = args.fanout {
         options.fanout = counts.into_iter().filter(|&n| n > 0).collect();
     }
-    options.progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    options.pglogical = !without_pglogical;
+    options.progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    options.pglogical = !args.without_pglogical;
     let report = pgsieve::dev::bench::run(&options)
         .await
         .map_err(|e| error_chain(&e))?;

@@ -95,8 +95,8 @@ pub async fn reconcile_follower(
         .prepare(&select)
         .await
         .map_err(|e| failed(name, "preparing the leader query", e))?;
-    let counts = leader
-        .prepare(&leader_versions_sql())
+    let incomplete = leader
+        .prepare(&incomplete_sql())
         .await
         .map_err(|e| failed(name, "preparing the leader query", e))?;
 
@@ -150,12 +150,12 @@ pub async fn reconcile_follower(
                 kept.push(held, row.get(1), row.get(2));
             }
         }
-        let incomplete = kept
-            .incomplete(leader, &counts)
+        let repair = kept
+            .incomplete(leader, &incomplete)
             .await
             .map_err(|e| failed(name, "comparing versions with the leader", e))?;
-        report.repaired += incomplete.len() as u64;
-        missing.extend(incomplete);
+        report.repaired += repair.len() as u64;
+        missing.extend(repair);
         if !purge.is_empty() {
             report.purged += purge.len() as u64;
             report.purged_rows += follower
@@ -207,14 +207,15 @@ pub async fn reconcile_follower(
     Ok(report)
 }
 
-/// Per resource id (`$1`) and the follower's newest version of it (`$2`):
-/// how many versions up to that one the leader holds.
-fn leader_versions_sql() -> String {
+/// Of the resource ids `$1`, with the follower's newest version `$2` and its
+/// count of versions `$3`: those the leader holds more versions of up to
+/// that newest one.
+fn incomplete_sql() -> String {
     format!(
-        "SELECT f.id, count(s.version) \
-         FROM unnest($1::text[], $2::int8[]) AS f(id, newest) \
+        "SELECT f.id \
+         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS f(id, newest, held) \
          JOIN {SECRETS_QUALIFIED} s ON s.resource_id = f.id AND s.version <= f.newest \
-         GROUP BY f.id"
+         GROUP BY f.id, f.held HAVING count(*) > f.held"
     )
 }
 
@@ -234,31 +235,19 @@ impl HeldVersions {
         self.count.push(count);
     }
 
-    /// The ids the leader holds more versions of, up to the follower's
-    /// newest, than the follower does (one leader query per fetch).
+    /// The ids the follower holds incompletely (one leader query per fetch).
     async fn incomplete(
         &self,
         leader: &Client,
-        counts: &tokio_postgres::Statement,
+        incomplete: &tokio_postgres::Statement,
     ) -> Result<Vec<String>, tokio_postgres::Error> {
         if self.ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = leader.query(counts, &[&self.ids, &self.newest]).await?;
-        let held: std::collections::HashMap<&str, i64> = self
-            .ids
-            .iter()
-            .map(String::as_str)
-            .zip(self.count.iter().copied())
-            .collect();
-        Ok(rows
-            .iter()
-            .filter_map(|row| {
-                let id: &str = row.get(0);
-                let leader_count: i64 = row.get(1);
-                (leader_count > held.get(id).copied().unwrap_or(0)).then(|| id.to_owned())
-            })
-            .collect())
+        let rows = leader
+            .query(incomplete, &[&self.ids, &self.newest, &self.count])
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }
 

@@ -236,6 +236,12 @@ impl Config {
         })
     }
 
+    /// Whether one process serves several followers (hub mode: a follower that
+    /// fails is detached instead of stopping the others).
+    pub fn is_hub(&self) -> bool {
+        self.followers.len() > 1
+    }
+
     /// The distinct replica sets of the followers (one model bit each), and for
     /// each follower, in config order, the bit of its set (`None`: it gets
     /// everything). Followers configured with the same set (same data group,

@@ -72,7 +72,7 @@ impl<'a> Reader<'a> {
             fanout,
             feedback,
             roster,
-            hub: config.followers.len() > 1,
+            hub: config.is_hub(),
             last_received: start.start_lsn,
             ready_budget: 0,
         }

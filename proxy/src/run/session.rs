@@ -37,13 +37,13 @@ pub(super) async fn run_session(
     standings: &mut [Standing],
 ) -> Result<SessionEnd, RunError> {
     let session_started = Instant::now();
-    let hub = config.followers.len() > 1;
-    let mut followers = connect_followers(config, standings, hub).await?;
+    let hub = config.is_hub();
+    let (specs, set_bits) = config.replica_sets();
+    let mut followers = connect_followers(config, &set_bits, standings, hub).await?;
     let leader = connect_sql(&config.leader.pg, "the leader").await?;
     check_publication(&leader, &config.leader.publication).await?;
     let mut repl = ReplicationConnection::connect(&SourceConfig::for_leader(config)).await?;
     hold_detached(config, &mut repl, &mut followers, standings).await?;
-    let specs = config.replica_sets().0;
     let start = start::prepare(config, &leader, &mut repl, &mut followers, specs).await?;
 
     let slot = config.leader.slot.as_str();
@@ -108,14 +108,14 @@ pub(super) async fn run_session(
 /// that cannot be reached starts detached; the others go on.
 async fn connect_followers(
     config: &Config,
+    set_bits: &[Option<usize>],
     standings: &[Standing],
     hub: bool,
 ) -> Result<Vec<FollowerSession>, RunError> {
     let origin = config.origin_name();
-    let set_bits = config.replica_sets().1;
     let mut followers = Vec::with_capacity(config.followers.len());
     let mut unreachable: Option<RunError> = None;
-    for ((f, &set_bit), standing) in config.followers.iter().zip(&set_bits).zip(standings) {
+    for ((f, &set_bit), standing) in config.followers.iter().zip(set_bits).zip(standings) {
         let (client, origin_lsn, detached) = if let Some(failed) = &standing.failed {
             (None, Lsn::ZERO, Some(DetachReason::Failed(failed.clone())))
         } else {
@@ -302,7 +302,7 @@ async fn drain_sinks(
     standings: &mut [Standing],
     first_error: &mut Option<RunError>,
 ) {
-    let hub = config.followers.len() > 1;
+    let hub = config.is_hub();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}

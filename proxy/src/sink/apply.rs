@@ -288,7 +288,10 @@ impl Sink {
         }
         let metrics = self.metrics.table(relation);
         let table = TableApply::matched(&mut self.conn, &self.leader, relation, metrics).await?;
-        self.tables.insert(relation.oid, table);
+        if let Some(mut redefined) = self.tables.insert(relation.oid, table) {
+            // Its rows of the open group would be lost with it: counted now.
+            redefined.metrics.emit();
+        }
         Ok(())
     }
 

@@ -85,7 +85,7 @@ impl TableApply {
         kind: Kind,
         commit_lsn: Lsn,
     ) -> Result<Statement, ApplyError> {
-        conn.prepare(sql, self.context(commit_lsn, Operation::Prepare(kind)))
+        conn.prepare(sql, prepare_context(&self.name, commit_lsn, kind))
             .await
     }
 
@@ -112,13 +112,9 @@ impl TableApply {
         conn: &mut FollowerConnection,
         commit_lsn: Lsn,
     ) -> Result<Statement, ApplyError> {
-        if let Some(statement) = &self.copy {
-            return Ok(statement.clone());
-        }
-        let sql = self.shape.copy_sql();
-        let statement = self.prepare(conn, &sql, Kind::Copy, commit_lsn).await?;
-        self.copy = Some(statement.clone());
-        Ok(statement)
+        let sql = || self.shape.copy_sql();
+        let context = || prepare_context(&self.name, commit_lsn, Kind::Copy);
+        prepare_once(&mut self.copy, conn, sql, context).await
     }
 
     /// The DELETE by the match columns.
@@ -127,13 +123,9 @@ impl TableApply {
         conn: &mut FollowerConnection,
         commit_lsn: Lsn,
     ) -> Result<Statement, ApplyError> {
-        if let Some(statement) = &self.delete {
-            return Ok(statement.clone());
-        }
-        let sql = self.shape.delete_sql(&self.match_columns);
-        let statement = self.prepare(conn, &sql, Kind::Delete, commit_lsn).await?;
-        self.delete = Some(statement.clone());
-        Ok(statement)
+        let sql = || self.shape.delete_sql(&self.match_columns);
+        let context = || prepare_context(&self.name, commit_lsn, Kind::Delete);
+        prepare_once(&mut self.delete, conn, sql, context).await
     }
 
     /// The UPDATE of every column but those in [`Self::unchanged`].
@@ -154,6 +146,30 @@ impl TableApply {
             .insert(self.unchanged.words().into(), statement.clone());
         Ok(statement)
     }
+}
+
+fn prepare_context(table: &Arc<str>, commit_lsn: Lsn, kind: Kind) -> ApplyContext {
+    ApplyContext {
+        commit_lsn,
+        table: table.clone(),
+        op: Operation::Prepare(kind),
+    }
+}
+
+/// The statement in `slot`, prepared from `sql` at its first use (the hot
+/// path only clones the cached handle).
+async fn prepare_once(
+    slot: &mut Option<Statement>,
+    conn: &mut FollowerConnection,
+    sql: impl FnOnce() -> String,
+    context: impl FnOnce() -> ApplyContext,
+) -> Result<Statement, ApplyError> {
+    if let Some(statement) = slot {
+        return Ok(statement.clone());
+    }
+    let statement = conn.prepare(&sql(), context()).await?;
+    *slot = Some(statement.clone());
+    Ok(statement)
 }
 
 /// A set of column positions, as many as the relation has (PostgreSQL
