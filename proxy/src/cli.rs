@@ -148,4 +148,10 @@ pub struct BenchArgs {
     /// quadratic: up to an hour).
     #[arg(long)]
     pub without_pglogical: bool,
+    /// Schemas to run (repeatable; default every schema a workload has).
+    #[arg(long = "schema", value_enum, value_name = "S")]
+    pub schemas: Vec<pgsieve::dev::bench::Schema>,
+    /// Replica-set shares to run (repeatable; default both).
+    #[arg(long = "filter", value_enum, value_name = "F")]
+    pub filters: Vec<pgsieve::dev::bench::Filter>,
 }

@@ -230,6 +230,8 @@ async fn bench(args: cli::BenchArgs) -> Result<(), String> {
     }
     options.progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     options.pglogical = !args.without_pglogical;
+    options.schemas = args.schemas;
+    options.filters = args.filters;
     let report = pgsieve::dev::bench::run(&options)
         .await
         .map_err(|e| error_chain(&e))?;

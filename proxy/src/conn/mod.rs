@@ -195,6 +195,9 @@ pub(crate) struct Opened {
     pub tls: Option<TlsInfo>,
     /// `host:port` (or socket path).
     pub addr: String,
+    /// A duplicate of the TCP socket's descriptor, for socket options set
+    /// after the transport is boxed (`None` on a Unix socket).
+    pub tcp_socket: Option<std::os::fd::OwnedFd>,
 }
 
 /// Opens a socket to `host` and negotiates TLS (`plain_only`: the first try
@@ -222,11 +225,15 @@ pub(crate) async fn open(
             .map_err(connect_error)?;
             tcp.set_nodelay(true).map_err(connect_error)?;
             tune_socket(&tcp, &cfg.params).map_err(connect_error)?;
+            let tcp_socket = std::os::fd::AsFd::as_fd(&tcp)
+                .try_clone_to_owned()
+                .map_err(connect_error)?;
             let negotiated = tls::negotiate(tcp, &cfg.tls, name, &addr, plain_only).await?;
             Ok(Opened {
                 io: negotiated.io,
                 tls: negotiated.tls,
                 addr,
+                tcp_socket: Some(tcp_socket),
             })
         }
         Host::Unix { .. } => {
@@ -237,6 +244,7 @@ pub(crate) async fn open(
                 io: Box::new(unix),
                 tls: None,
                 addr,
+                tcp_socket: None,
             })
         }
     }

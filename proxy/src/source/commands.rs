@@ -12,6 +12,7 @@ use super::auth::encode_error;
 use super::connect::{ReplicationConnection, log_notice};
 use super::error::SourceError;
 use super::messages::{self, tag};
+use super::pacing::ReadPacing;
 use super::stream::{ReplicationStream, StatusSender};
 
 /// What `IDENTIFY_SYSTEM` says about the leader.
@@ -245,11 +246,13 @@ impl ReplicationConnection {
         }
         tracing::debug!(addr = %self.addr, %slot, %start, "Replication started.");
         let ReplicationConnection {
-            reader,
+            mut reader,
             writer,
             addr,
+            tcp_socket,
             ..
         } = self;
+        reader.pace_reads(ReadPacing::new(tcp_socket));
         Ok((
             ReplicationStream::new(reader),
             StatusSender::spawn(writer, addr),

@@ -74,6 +74,8 @@ pub struct ReplicationConnection {
     parameters: Vec<(String, String)>,
     backend_pid: Option<i32>,
     is_tls: bool,
+    /// For read pacing once streaming starts (`None`: Unix socket).
+    pub(crate) tcp_socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl ReplicationConnection {
@@ -155,7 +157,12 @@ async fn connect_one(
     host: &Host,
     plain_only: bool,
 ) -> Result<ReplicationConnection, SourceError> {
-    let conn::Opened { io, tls, addr } = conn::open(&cfg.pg, host, plain_only).await?;
+    let conn::Opened {
+        io,
+        tls,
+        addr,
+        tcp_socket,
+    } = conn::open(&cfg.pg, host, plain_only).await?;
     let is_tls = tls.is_some();
     let (read, write) = tokio::io::split(io);
     let addr: Arc<str> = Arc::from(addr.as_str());
@@ -167,6 +174,7 @@ async fn connect_one(
         parameters: Vec::new(),
         backend_pid: None,
         is_tls,
+        tcp_socket,
     };
 
     let user = cfg.pg.user();

@@ -31,6 +31,7 @@ mod connect;
 mod error;
 mod framing;
 mod messages;
+mod pacing;
 mod stream;
 
 pub use commands::{CreatedSlot, SlotInfo, SnapshotAction, SystemIdentity};

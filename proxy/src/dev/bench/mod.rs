@@ -87,6 +87,10 @@ pub struct BenchOptions {
     pub fanout: Vec<usize>,
     /// Whether pglogical runs when installed.
     pub pglogical: bool,
+    /// Schemas to run (empty: every schema a workload has).
+    pub schemas: Vec<Schema>,
+    /// Replica-set shares to run (empty: both).
+    pub filters: Vec<Filter>,
 }
 
 impl BenchOptions {
@@ -100,6 +104,8 @@ impl BenchOptions {
             progress: true,
             fanout: if quick { vec![1, 2] } else { vec![1, 2, 4, 8] },
             pglogical: true,
+            schemas: Vec::new(),
+            filters: Vec::new(),
         }
     }
 }
@@ -181,9 +187,14 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             latency = Some(l);
             continue;
         }
+        let wanted = |schema: &Schema, filter: &Filter| {
+            (options.schemas.is_empty() || options.schemas.contains(schema))
+                && (options.filters.is_empty() || options.filters.contains(filter))
+        };
         for (&schema, filter) in Schema::for_workload(workload)
             .iter()
             .flat_map(|s| [(s, Filter::All), (s, Filter::Half)])
+            .filter(|(s, f)| wanted(s, f))
         {
             let case = run_case(workload, schema, filter, &sizes, &engines, &progress).await?;
             for e in &case.engines {

@@ -75,7 +75,7 @@ impl Workload {
 /// inline: its per-row cost on a follower is several times a plain table's, and
 /// it would hide an apply path's own cost. The plain table has only its
 /// primary key, and the workloads write 8-byte values into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 pub enum Schema {
     /// `secrets(resource_id text, version int, value bytea, PRIMARY KEY
     /// (resource_id, version))`, no other index (the leader keeps Conjur's
@@ -137,7 +137,7 @@ pub async fn use_plain_secrets(c: &impl GenericClient, leader: bool) -> Result<(
 }
 
 /// Which share of the variables the follower's replica set holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 pub enum Filter {
     /// Every variable is in the set: every secrets row passes.
     All,
