@@ -25,7 +25,7 @@ use std::time::Duration;
 const BURST_BYTES: usize = 8 * 1024;
 
 /// Longest a read in burst mode waits for [`BURST_BYTES`].
-pub(crate) const PATIENCE: Duration = Duration::from_millis(1);
+const PATIENCE: Duration = Duration::from_millis(1);
 
 /// The read side's low-water mark, switched between one byte (a read wakes
 /// at the first byte) and [`BURST_BYTES`].
@@ -111,15 +111,19 @@ fn set_receive_low_water(socket: &OwnedFd, bytes: usize) -> std::io::Result<()> 
 /// already queued: Linux 4.18 and later (`tcp_set_rcvlowat`). On an older
 /// kernel a read could sit on queued bytes until more arrive, so pacing
 /// stays off there, as on any other system.
+/// Read once per process: the kernel does not change under a running session.
 fn kernel_signals_lowered_low_water() -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return false;
-    };
-    let mut numbers = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse::<u32>().unwrap_or(0));
-    let major = numbers.next().unwrap_or(0);
-    let minor = numbers.next().unwrap_or(0);
-    (major, minor) >= (4, 18)
+    static SIGNALS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SIGNALS.get_or_init(|| {
+        let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+            return false;
+        };
+        let mut numbers = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|part| part.parse::<u32>().unwrap_or(0));
+        let major = numbers.next().unwrap_or(0);
+        let minor = numbers.next().unwrap_or(0);
+        (major, minor) >= (4, 18)
+    })
 }

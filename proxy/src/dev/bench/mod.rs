@@ -174,6 +174,10 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
     );
     let progress = progress_bar(options.progress);
     let selected = |w: Workload| options.workloads.is_empty() || options.workloads.contains(&w);
+    let wanted = |schema: &Schema, filter: &Filter| {
+        (options.schemas.is_empty() || options.schemas.contains(schema))
+            && (options.filters.is_empty() || options.filters.contains(filter))
+    };
     let mut cases = Vec::new();
     let mut latency = None;
     for workload in Workload::ALL.into_iter().filter(|w| selected(*w)) {
@@ -187,10 +191,6 @@ pub async fn run(options: &BenchOptions) -> Result<Report, BenchError> {
             latency = Some(l);
             continue;
         }
-        let wanted = |schema: &Schema, filter: &Filter| {
-            (options.schemas.is_empty() || options.schemas.contains(schema))
-                && (options.filters.is_empty() || options.filters.contains(filter))
-        };
         for (&schema, filter) in Schema::for_workload(workload)
             .iter()
             .flat_map(|s| [(s, Filter::All), (s, Filter::Half)])
