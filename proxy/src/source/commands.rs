@@ -246,15 +246,14 @@ impl ReplicationConnection {
         }
         tracing::debug!(addr = %self.addr, %slot, %start, "Replication started.");
         let ReplicationConnection {
-            mut reader,
+            reader,
             writer,
             addr,
             tcp_socket,
             ..
         } = self;
-        reader.pace_reads(ReadPacing::new(tcp_socket));
         Ok((
-            ReplicationStream::new(reader),
+            ReplicationStream::new(reader.read_ahead(ReadPacing::new(tcp_socket))),
             StatusSender::spawn(writer, addr),
         ))
     }

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::error::SourceError;
 use super::pacing::ReadPacing;
+use super::read_ahead::ReadAhead;
 
 /// Bytes asked from the socket per read; large reads keep syscalls per row low.
 pub(crate) const READ_CHUNK: usize = 128 * 1024;
@@ -39,7 +40,19 @@ pub(crate) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     addr: Arc<str>,
-    pacing: ReadPacing,
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> FrameReader<R> {
+    /// From now on a task reads the socket ahead of this reader, in paced
+    /// bursts (streaming sessions; see `read_ahead` and `pacing`). Bytes
+    /// already buffered stay first in line.
+    pub(crate) fn read_ahead(self, pacing: ReadPacing) -> FrameReader<ReadAhead> {
+        FrameReader {
+            io: ReadAhead::spawn(self.io, pacing),
+            buf: self.buf,
+            addr: self.addr,
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -49,13 +62,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             addr,
-            pacing: ReadPacing::default(),
         }
-    }
-
-    /// Reads in bursts from now on (streaming sessions; see `pacing`).
-    pub(crate) fn pace_reads(&mut self, pacing: ReadPacing) {
-        self.pacing = pacing;
     }
 
     /// The `host:port` this reader talks to.
@@ -80,22 +87,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 || missing > 0 {
             self.buf.reserve(missing.max(READ_CHUNK));
         }
-        let read = loop {
-            let read = self.io.read_buf(&mut self.buf);
-            let Some(patience) = self.pacing.patience() else {
-                break read.await;
-            };
-            match tokio::time::timeout(patience, read).await {
-                Ok(read) => break read,
-                // Cancellation-safe: a read that timed out consumed nothing.
-                Err(_) => self.pacing.after_timeout(),
-            }
-        }
-        .map_err(|source| SourceError::Io {
-            addr: self.addr.to_string(),
-            source,
-        })?;
-        self.pacing.after_read();
+        let read = self
+            .io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|source| SourceError::Io {
+                addr: self.addr.to_string(),
+                source,
+            })?;
         if read == 0 {
             return Err(SourceError::Closed {
                 addr: self.addr.to_string(),
@@ -185,40 +184,6 @@ mod tests {
             split_frame(&mut buf),
             Err(SourceError::Protocol(_))
         ));
-    }
-
-    /// With pacing on, a read after the first waits for a burst of bytes; a
-    /// lone small message must still arrive (after the patience runs out),
-    /// not sit in the socket until more comes.
-    #[tokio::test]
-    async fn paced_reads_take_a_lone_message_without_waiting_for_a_burst() {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
-        let socket = std::os::fd::AsFd::as_fd(&client)
-            .try_clone_to_owned()
-            .unwrap();
-        let mut reader = FrameReader::new(client, Arc::from("test:1"));
-        reader.pace_reads(ReadPacing::new(Some(socket)));
-        for round in 0..3u8 {
-            server
-                .write_all(&message(b'd', &[round; 10]))
-                .await
-                .unwrap();
-            let frame =
-                tokio::time::timeout(std::time::Duration::from_secs(10), reader.next_frame())
-                    .await
-                    .expect("a lone message stayed unread")
-                    .unwrap();
-            assert_eq!(&frame.body[..], &[round; 10][..]);
-            assert!(
-                reader.pacing.patience().is_some(),
-                "pacing did not switch to bursts after a read"
-            );
-        }
     }
 
     #[tokio::test]

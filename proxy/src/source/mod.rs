@@ -32,6 +32,7 @@ mod error;
 mod framing;
 mod messages;
 mod pacing;
+mod read_ahead;
 mod stream;
 
 pub use commands::{CreatedSlot, SlotInfo, SnapshotAction, SystemIdentity};

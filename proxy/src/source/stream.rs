@@ -11,22 +11,23 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::SourceError;
 use super::framing::FrameReader;
 use super::messages::{self, tag};
+use super::read_ahead::ReadAhead;
 use crate::conn::BoxedIo;
 
 /// Read half of a streaming replication session.
 pub struct ReplicationStream {
-    reader: FrameReader<ReadHalf<BoxedIo>>,
+    reader: FrameReader<ReadAhead>,
     is_ended: bool,
 }
 
 impl ReplicationStream {
-    pub(crate) fn new(reader: FrameReader<ReadHalf<BoxedIo>>) -> Self {
+    pub(crate) fn new(reader: FrameReader<ReadAhead>) -> Self {
         ReplicationStream {
             reader,
             is_ended: false,
