@@ -19,6 +19,7 @@ mod partial;
 mod replication;
 mod scale;
 mod source;
+mod speculation;
 mod support;
 mod tap;
 mod throughput;

@@ -49,6 +49,16 @@ impl Feedback {
         self.reply_now.notify_one();
     }
 
+    /// The furthest any follower has committed: nothing after it is on a
+    /// follower yet.
+    pub fn furthest_committed(&self) -> Lsn {
+        self.followers
+            .iter()
+            .map(|p| p.committed_end())
+            .max()
+            .unwrap_or(Lsn::ZERO)
+    }
+
     /// The flush position that may be reported now.
     pub fn flush_lsn(&self) -> Lsn {
         self.followers

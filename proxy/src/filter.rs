@@ -108,6 +108,18 @@ impl FilterStage {
         &self.model
     }
 
+    /// Whether `event` would change the model (a row of a model table): a
+    /// speculation must be given up before it (see `Assembled::Speculated`).
+    pub fn feeds_model(&self, event: &TxnEvent) -> bool {
+        let TxnEvent::Change(change) = event else {
+            return false;
+        };
+        !matches!(
+            self.roles.get(&change.relation.oid),
+            None | Some(Role::Other | Role::Secrets { .. })
+        )
+    }
+
     /// Updates masks, feeds the model and attaches effects, in place.
     pub fn process(&mut self, event: &mut TxnEvent) -> Result<(), FilterStageError> {
         match event {
@@ -183,7 +195,9 @@ impl FilterStage {
                     commit.effects = Arc::new(effects);
                 }
             }
-            TxnEvent::Idle { .. } => {}
+            // A speculation never fed the model (the reader gives it up
+            // before a model change), so there is nothing to undo.
+            TxnEvent::Abandon { .. } | TxnEvent::Idle { .. } => {}
         }
         Ok(())
     }

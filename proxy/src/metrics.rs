@@ -427,6 +427,12 @@ impl StreamMetrics {
                     }
                 }
             }
+            // Its rows come again with the replay at its commit.
+            TxnEvent::Abandon { .. } => {
+                for (_, pending) in self.seen.values_mut() {
+                    *pending = 0;
+                }
+            }
             _ => {}
         }
     }

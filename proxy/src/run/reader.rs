@@ -64,9 +64,11 @@ impl<'a> Reader<'a> {
         feedback: Arc<Feedback>,
         roster: Roster<'a>,
     ) -> Self {
+        let mut assembler = Assembler::new(config.apply.spool_dir.clone());
+        assembler.speculate_after(feedback.furthest_committed().max(start.start_lsn));
         Self {
             stream,
-            assembler: Assembler::new(config.apply.spool_dir.clone()),
+            assembler,
             filter: FilterStage::new(start.model, start.model_at),
             seen: StreamMetrics::default(),
             fanout,
@@ -200,9 +202,16 @@ impl<'a> Reader<'a> {
                 self.last_received = self.last_received.max(x.wal_start);
                 self.feedback
                     .received(x.wal_end.min(x.wal_start.max(self.last_received)));
-                match self.assembler.handle(x.wal_start, x.data)? {
+                let assembled = self.assembler.handle(x.wal_start, x.data)?;
+                self.forward_released().await?;
+                match assembled {
                     Assembled::Nothing => {}
                     Assembled::Event(event) => self.forward(event).await?,
+                    Assembled::Speculated(event) if self.filter.feeds_model(&event) => {
+                        self.assembler.abandon_speculation();
+                        self.forward_released().await?;
+                    }
+                    Assembled::Speculated(event) => self.forward(event).await?,
                     Assembled::Replay(mut replay) => {
                         while let Some(event) = replay.next_event(&self.assembler)? {
                             self.forward(event).await?;
@@ -230,6 +239,21 @@ impl<'a> Reader<'a> {
                     source,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Forwards what the assembler released ahead of the last message's
+    /// events: a speculation given up, the Begin that gave it up.
+    async fn forward_released(&mut self) -> Result<(), RunError> {
+        for event in self.assembler.take_released().into_iter().flatten() {
+            if let TxnEvent::Abandon { xid } = event {
+                tracing::debug!(
+                    xid,
+                    "Speculation given up: the transaction is replayed at its commit."
+                );
+            }
+            self.forward(event).await?;
         }
         Ok(())
     }

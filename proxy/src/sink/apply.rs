@@ -25,7 +25,7 @@ use super::table::TableApply;
 use super::value::WireValue;
 use crate::metrics::FollowerMetrics;
 use crate::progress::Progress;
-use crate::txn::{RowChange, RowOp, TxnCommit, TxnEvent};
+use crate::txn::{RowChange, RowOp, TxnBegin, TxnCommit, TxnEvent};
 
 /// A leader commit older than this means the sink is replaying a backlog:
 /// groups then fill up to their time bound ([`Sink::group_hold`]).
@@ -83,6 +83,9 @@ struct Group {
     last_time: PgTimestamp,
     in_leader_txn: bool,
     commit_lsn: Lsn,
+    /// It holds a speculative leader transaction and nothing else: an
+    /// Abandon rolls it back whole.
+    speculative: bool,
 }
 
 impl Group {
@@ -95,6 +98,7 @@ impl Group {
             last_time,
             in_leader_txn,
             commit_lsn,
+            speculative: false,
         }
     }
 
@@ -257,6 +261,8 @@ impl Sink {
                 Ok(())
             }
             TxnEvent::Relation(relation) => self.on_relation(relation).await,
+            TxnEvent::Begin(begin) if begin.speculative => self.on_speculative_begin(begin).await,
+            TxnEvent::Abandon { .. } => self.on_abandon().await,
             TxnEvent::Begin(begin) => {
                 if self.group.is_none() {
                     self.commit_times.clear();
@@ -273,6 +279,38 @@ impl Sink {
             TxnEvent::Commit(commit) => self.on_commit(commit).await,
             TxnEvent::Idle { wal_end } => self.on_idle(*wal_end).await,
         }
+    }
+
+    /// A speculative transaction gets a follower transaction of its own, so
+    /// giving it up rolls back nothing else: the open group commits first.
+    async fn on_speculative_begin(&mut self, begin: &TxnBegin) -> Result<(), ApplyError> {
+        if begin.commit_lsn < self.skip_until {
+            return Err(ApplyError::invalid(
+                self.conn.follower(),
+                begin.commit_lsn,
+                "a speculative transaction from before the follower's progress",
+            ));
+        }
+        self.commit_open_group().await?;
+        self.commit_times.clear();
+        let mut group = Group::new(begin.commit_lsn, Lsn::ZERO, begin.commit_time, true);
+        group.speculative = true;
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// Rolls back the speculative transaction; it comes again at its commit.
+    async fn on_abandon(&mut self) -> Result<(), ApplyError> {
+        let Some(group) = self.group.take_if(|g| g.speculative) else {
+            return Ok(());
+        };
+        self.stats.rows_applied = self.stats.rows_applied.saturating_sub(group.rows);
+        self.inserts.clear();
+        self.commit_times.clear();
+        for table in self.tables.values_mut() {
+            table.metrics.discard();
+        }
+        self.conn.roll_back(group.commit_lsn).await
     }
 
     fn commit_lsn(&self) -> Lsn {
@@ -431,7 +469,12 @@ impl Sink {
         group.in_leader_txn = false;
         group.last_end = commit.end_lsn;
         group.last_time = commit.commit_time;
-        if group.rows >= self.limits.max_rows || group.started.elapsed() >= self.limits.max_wait {
+        group.commit_lsn = commit.commit_lsn;
+        let is_speculative = std::mem::take(&mut group.speculative);
+        if is_speculative
+            || group.rows >= self.limits.max_rows
+            || group.started.elapsed() >= self.limits.max_wait
+        {
             self.commit_group().await?;
         }
         Ok(())

@@ -281,6 +281,19 @@ impl FollowerConnection {
         Ok(())
     }
 
+    /// Rolls the open follower transaction back and says whether that
+    /// worked: what is given up must be gone before it is applied again.
+    /// Statements in flight are dropped (their errors would come again).
+    pub async fn roll_back(&mut self, commit_lsn: Lsn) -> Result<(), ApplyError> {
+        self.pipeline.clear();
+        if std::mem::take(&mut self.begun) {
+            self.client.batch_execute("ROLLBACK").await.map_err(|e| {
+                self.fail((e, ApplyContext::control(commit_lsn, Operation::Rollback)))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Abandons the open follower transaction (shutdown, reconnect, failure):
     /// what is in flight is dropped and rolled back.
     pub async fn rollback(&mut self) {

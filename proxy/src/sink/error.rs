@@ -36,6 +36,8 @@ pub enum Operation {
     OriginProgress,
     /// `COMMIT` of a follower transaction.
     Commit,
+    /// `ROLLBACK` of a speculative follower transaction given up.
+    Rollback,
     /// A grant or revoke: deleting a variable that left the set.
     ResyncPurge,
     /// A grant: clearing a variable that entered the set before copying it.
@@ -80,6 +82,7 @@ impl std::fmt::Display for Operation {
             Operation::Begin => "begin",
             Operation::ForceXid | Operation::OriginProgress => "origin progress",
             Operation::Commit => "commit",
+            Operation::Rollback => "rollback of a speculative transaction",
             Operation::ResyncPurge => "resync purge",
             Operation::ResyncClear => "resync clear",
             Operation::ResyncWait => "resync wait for the leader commit",

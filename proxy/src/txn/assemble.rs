@@ -81,6 +81,20 @@ pub struct Assembler {
     streaming_xid: Option<u32>,
     spools: HashMap<u32, Spool>,
     spool_dir: PathBuf,
+    /// Streamed transactions whose first chunk starts after this position
+    /// may be applied speculatively (`None`: never, as in `tap`).
+    speculate_after: Option<Lsn>,
+    /// The streamed transaction whose changes are forwarded as they arrive.
+    speculating: Option<u32>,
+    /// A speculation given up and not yet announced to the sinks.
+    abandoned: Option<u32>,
+    /// The Begin of a transaction that arrived during a speculation, held
+    /// until it shows a change (then the speculation is given up) or
+    /// commits empty (a heartbeat: then it is dropped, and the speculation
+    /// goes on; its progress rides on the next commit).
+    held_begin: Option<TxnBegin>,
+    /// A held Begin released by its first change, not yet forwarded.
+    released_begin: Option<TxnBegin>,
 }
 
 /// What one message produced.
@@ -90,6 +104,10 @@ pub enum Assembled {
     Nothing,
     /// One event to forward.
     Event(TxnEvent),
+    /// A change of the speculated transaction: forward it unless it would
+    /// feed the model, in which case give the speculation up
+    /// ([`Assembler::abandon_speculation`]); it is spooled either way.
+    Speculated(TxnEvent),
     /// A streamed transaction committed: drain this replay in order.
     Replay(Box<StreamReplay>),
 }
@@ -104,7 +122,44 @@ impl Assembler {
             streaming_xid: None,
             spools: HashMap::new(),
             spool_dir,
+            speculate_after: None,
+            speculating: None,
+            abandoned: None,
+            held_begin: None,
+            released_begin: None,
         }
+    }
+
+    /// Applies streamed transactions speculatively from now on: the changes
+    /// of one streamed transaction at a time go on as they arrive, so the
+    /// followers apply it while the leader still decodes it, instead of
+    /// after its commit (ARCHITECTURE.md, "Streamed transactions").
+    ///
+    /// `after`: no follower has committed anything past it. A transaction
+    /// streamed from a later position cannot be on any follower yet; one
+    /// from before it might be (a hub resumes at its slowest follower), so
+    /// it is only spooled.
+    pub fn speculate_after(&mut self, after: Lsn) {
+        self.speculate_after = Some(after);
+    }
+
+    /// Gives up the speculation in progress: the sinks roll it back (the
+    /// caller forwards [`TxnEvent::Abandon`], see [`Assembler::take_abandoned`])
+    /// and the transaction is replayed from its spool at its commit.
+    pub fn abandon_speculation(&mut self) {
+        if let Some(xid) = self.speculating.take() {
+            self.abandoned = Some(xid);
+        }
+    }
+
+    /// Events to forward before whatever the last message produced: the
+    /// [`TxnEvent::Abandon`] of a speculation given up, then the held Begin
+    /// of the transaction whose change gave it up.
+    pub fn take_released(&mut self) -> [Option<TxnEvent>; 2] {
+        [
+            self.abandoned.take().map(|xid| TxnEvent::Abandon { xid }),
+            self.released_begin.take().map(TxnEvent::Begin),
+        ]
     }
 
     /// True when no transaction is open or pending: everything received so
@@ -128,12 +183,22 @@ impl Assembler {
         Ok(match message {
             LogicalMessage::Begin(begin) => {
                 self.open_xid = Some(begin.xid);
-                Assembled::Event(TxnEvent::Begin(TxnBegin {
+                let begin = TxnBegin {
                     xid: begin.xid,
                     commit_lsn: begin.final_lsn,
                     commit_time: begin.commit_time,
                     streamed: false,
-                }))
+                    speculative: false,
+                };
+                if self.speculating.is_some() {
+                    self.held_begin = Some(begin);
+                    return Ok(Assembled::Nothing);
+                }
+                Assembled::Event(TxnEvent::Begin(begin))
+            }
+            LogicalMessage::Commit(_) if self.held_begin.take().is_some() => {
+                self.open_xid = None;
+                Assembled::Nothing
             }
             LogicalMessage::Commit(commit) => self.commit(lsn, &commit)?,
             LogicalMessage::Relation(relation) => {
@@ -149,7 +214,16 @@ impl Assembler {
             {
                 let top = in_stream.unwrap_or_default();
                 self.spool_change(top, &message, &data)?;
-                Assembled::Nothing
+                if self.speculating != Some(top) {
+                    return Ok(Assembled::Nothing);
+                }
+                if matches!(message, LogicalMessage::Truncate(_)) {
+                    // Rare in a large transaction, and a TRUNCATE of a
+                    // model table would change decisions: replayed instead.
+                    self.abandon_speculation();
+                    return Ok(Assembled::Nothing);
+                }
+                Assembled::Speculated(to_event(&self.relations, lsn, message)?)
             }
             LogicalMessage::Insert(_)
             | LogicalMessage::Update(_)
@@ -161,18 +235,30 @@ impl Assembler {
                         what: "row change outside a transaction".into(),
                     });
                 }
+                if let Some(begin) = self.held_begin.take() {
+                    // Another transaction commits first with a change: its
+                    // decisions may see a model the speculation never saw,
+                    // and the follower applies it before the speculation.
+                    self.abandon_speculation();
+                    self.released_begin = Some(begin);
+                }
                 Assembled::Event(to_event(&self.relations, lsn, message)?)
             }
             LogicalMessage::StreamStart(start) => {
                 self.streaming_xid = Some(start.xid);
                 self.spool_for(start.xid)?;
-                Assembled::Nothing
+                self.maybe_speculate(lsn, start.xid, start.first_segment)
             }
             LogicalMessage::StreamStop => {
                 self.streaming_xid = None;
                 Assembled::Nothing
             }
             LogicalMessage::StreamAbort(abort) => {
+                // Even a subtransaction's abort: its rows are already on
+                // the followers' open transactions.
+                if self.speculating == Some(abort.xid) {
+                    self.abandon_speculation();
+                }
                 self.stream_abort(&abort)?;
                 Assembled::Nothing
             }
@@ -241,13 +327,47 @@ impl Assembler {
         Ok(())
     }
 
-    /// Stream Commit: the spooled transaction becomes a replay of its events
-    /// between a Begin and a Commit of its own.
+    /// Starts a speculation at the first chunk of a streamed transaction
+    /// when none runs and no follower can hold the transaction yet.
+    fn maybe_speculate(&mut self, lsn: Lsn, xid: u32, first_segment: bool) -> Assembled {
+        let is_new_enough = self.speculate_after.is_some_and(|after| lsn > after);
+        if !first_segment || !is_new_enough || self.speculating.is_some() {
+            return Assembled::Nothing;
+        }
+        self.speculating = Some(xid);
+        Assembled::Event(TxnEvent::Begin(TxnBegin {
+            xid,
+            // Not known before Stream Commit; the first chunk's position
+            // is below it and above every follower's progress.
+            commit_lsn: lsn,
+            commit_time: pgsieve_protocol::PgTimestamp::now(),
+            streamed: true,
+            speculative: true,
+        }))
+    }
+
+    /// Stream Commit: a speculated transaction commits where it stands;
+    /// any other spooled one becomes a replay of its events between a Begin
+    /// and a Commit of its own (after the speculation, if one runs, is
+    /// given up: this transaction commits first).
     fn stream_commit(
         &mut self,
         lsn: Lsn,
         commit: &StreamCommit,
     ) -> Result<Assembled, AssembleError> {
+        let commit_event = TxnCommit {
+            xid: commit.xid,
+            commit_lsn: commit.commit_lsn,
+            end_lsn: commit.end_lsn,
+            commit_time: commit.commit_time,
+            effects: super::event::no_effects(),
+        };
+        if self.speculating == Some(commit.xid) {
+            self.speculating = None;
+            self.spools.remove(&commit.xid);
+            return Ok(Assembled::Event(TxnEvent::Commit(commit_event)));
+        }
+        self.abandon_speculation();
         let spool = match self.spools.remove(&commit.xid) {
             Some(spool) => spool,
             None => Spool::create(&self.spool_dir, commit.xid).map_err(|source| {
@@ -270,14 +390,9 @@ impl Assembler {
                 commit_lsn: commit.commit_lsn,
                 commit_time: commit.commit_time,
                 streamed: true,
+                speculative: false,
             },
-            commit: TxnCommit {
-                xid: commit.xid,
-                commit_lsn: commit.commit_lsn,
-                end_lsn: commit.end_lsn,
-                commit_time: commit.commit_time,
-                effects: super::event::no_effects(),
-            },
+            commit: commit_event,
         })))
     }
 

@@ -25,6 +25,13 @@ pub enum TxnEvent {
     /// The open leader transaction committed; carries the grant effects the
     /// filter computed for it.
     Commit(TxnCommit),
+    /// The speculative transaction in progress (a [`TxnBegin`] with
+    /// `speculative`) is given up: sinks roll back what they applied of it;
+    /// it comes again, whole, at its commit.
+    Abandon {
+        /// Top-level transaction id.
+        xid: u32,
+    },
     /// Nothing is in flight: every transaction that committed before
     /// `wal_end` has been delivered, so a follower may record `wal_end` as
     /// its progress (keeps the slot moving while idle or fully filtered).
@@ -43,8 +50,12 @@ pub struct TxnBegin {
     pub commit_lsn: Lsn,
     /// Commit time on the leader.
     pub commit_time: PgTimestamp,
-    /// Whether the transaction arrived streamed (spooled, replayed at commit).
+    /// Whether the transaction arrived streamed (in chunks before its commit).
     pub streamed: bool,
+    /// Whether its changes follow as they are streamed, before the leader
+    /// committed it: `commit_lsn` is then only a lower bound, and the
+    /// transaction ends with a Commit or an [`TxnEvent::Abandon`].
+    pub speculative: bool,
 }
 
 /// End of a leader transaction.

@@ -125,7 +125,9 @@ impl<W: Write> Session<W> {
         }
         match self.assembler.handle(lsn, data)? {
             Assembled::Nothing => Ok(Flow::Continue),
-            Assembled::Event(event) => self.event(lsn, event).await,
+            // The tap's assembler never speculates; were it to, the change
+            // is shown like any other.
+            Assembled::Event(event) | Assembled::Speculated(event) => self.event(lsn, event).await,
             Assembled::Replay(mut replay) => {
                 let mut flow = Flow::Continue;
                 while let Some(event) = replay.next_event(&self.assembler)? {
@@ -203,7 +205,8 @@ impl<W: Write> Session<W> {
     async fn event(&mut self, lsn: Lsn, mut event: TxnEvent) -> Result<Flow, TapError> {
         self.filter.process(&mut event)?;
         match event {
-            TxnEvent::Relation(_) | TxnEvent::Idle { .. } => {}
+            // The tap's assembler never speculates.
+            TxnEvent::Relation(_) | TxnEvent::Idle { .. } | TxnEvent::Abandon { .. } => {}
             TxnEvent::Begin(begin) => self.begin(lsn, begin),
             TxnEvent::Change(change) => self.change(lsn, &change)?,
             TxnEvent::Truncate(truncate) => self.truncate(lsn, &truncate)?,
