@@ -12,7 +12,7 @@ use pgsieve::harness::cluster::CONJUR_DB;
 use pgsieve::harness::oracle::{OracleRule, resources_in_set};
 use pgsieve::harness::process::PgsieveProcess;
 use pgsieve::harness::workload::{Change, apply_changes, rotate_secret};
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::support::ok;
 use crate::support::scene::Scene;
@@ -83,6 +83,28 @@ async fn wait_for_speculation(scene: &Scene, pgsieve: &PgsieveProcess) {
     }
 }
 
+/// Opens the long transaction on `writer`, streams versions of `variable`
+/// in it and waits until the follower applies them speculatively.
+async fn start_speculation<'a>(
+    scene: &Scene,
+    pgsieve: &PgsieveProcess,
+    writer: &'a mut Client,
+    variable: &str,
+) -> Transaction<'a> {
+    let tx = writer.transaction().await.expect("begin");
+    insert_versions(&tx, variable, 0).await;
+    wait_for_speculation(scene, pgsieve).await;
+    tx
+}
+
+/// Takes app 0's layer, and with it app 0's variables, away from east.
+fn revoke_app_0(scene: &Scene) -> Change {
+    Change::RevokeRole {
+        role: scene.spec.layer(0),
+        member: scene.east.data_group(),
+    }
+}
+
 async fn in_east(scene: &Scene, variable: &str) -> bool {
     ok(resources_in_set(&scene.leader, &scene.east.data_group(), OracleRule::Execute).await)
         .contains(variable)
@@ -100,14 +122,8 @@ async fn a_revoke_committed_during_a_streamed_transaction_drops_its_rows() {
         "{variable} starts in east"
     );
 
-    let tx = writer.transaction().await.expect("begin");
-    insert_versions(&tx, &variable, 0).await;
-    wait_for_speculation(&scene, &pgsieve).await;
-    let revoke = Change::RevokeRole {
-        role: scene.spec.layer(0),
-        member: scene.east.data_group(),
-    };
-    ok(apply_changes(&scene.leader, None, &[revoke]).await);
+    let tx = start_speculation(&scene, &pgsieve, &mut writer, &variable).await;
+    ok(apply_changes(&scene.leader, None, &[revoke_app_0(&scene)]).await);
     assert!(!in_east(&scene, &variable).await, "{variable} left east");
     insert_versions(&tx, &variable, STREAMED_ROWS).await;
     tx.commit().await.expect("commit");
@@ -125,14 +141,8 @@ async fn a_model_change_in_a_streamed_transaction_that_aborts_changes_no_decisio
     let (scene, pgsieve, mut writer) = streaming_scene().await;
     let variable = scene.spec.variable(0, 1);
 
-    let tx = writer.transaction().await.expect("begin");
-    insert_versions(&tx, &variable, 0).await;
-    wait_for_speculation(&scene, &pgsieve).await;
-    let revoke = Change::RevokeRole {
-        role: scene.spec.layer(0),
-        member: scene.east.data_group(),
-    };
-    ok(apply_changes(&tx, None, &[revoke]).await);
+    let tx = start_speculation(&scene, &pgsieve, &mut writer, &variable).await;
+    ok(apply_changes(&tx, None, &[revoke_app_0(&scene)]).await);
     // Enough behind the revoke that the walsender streams it before the
     // rollback.
     insert_versions(&tx, &variable, STREAMED_ROWS).await;
@@ -154,9 +164,7 @@ async fn a_rolled_back_savepoint_leaves_no_rows_on_the_follower() {
     let (scene, pgsieve, mut writer) = streaming_scene().await;
     let variable = scene.spec.variable(0, 2);
 
-    let mut tx = writer.transaction().await.expect("begin");
-    insert_versions(&tx, &variable, 0).await;
-    wait_for_speculation(&scene, &pgsieve).await;
+    let mut tx = start_speculation(&scene, &pgsieve, &mut writer, &variable).await;
     let savepoint = tx.savepoint("doomed").await.expect("savepoint");
     insert_versions(&savepoint, &variable, STREAMED_ROWS).await;
     savepoint.rollback().await.expect("rollback to savepoint");
@@ -184,9 +192,7 @@ async fn a_sigkill_during_a_speculation_loses_and_doubles_nothing() {
     let (scene, mut pgsieve, mut writer) = streaming_scene().await;
     let variable = scene.spec.variable(0, 3);
 
-    let tx = writer.transaction().await.expect("begin");
-    insert_versions(&tx, &variable, 0).await;
-    wait_for_speculation(&scene, &pgsieve).await;
+    let tx = start_speculation(&scene, &pgsieve, &mut writer, &variable).await;
     pgsieve.kill();
     insert_versions(&tx, &variable, STREAMED_ROWS).await;
     tx.commit().await.expect("commit");

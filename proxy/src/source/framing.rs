@@ -139,10 +139,11 @@ pub(crate) fn split_frame(buf: &mut BytesMut) -> Result<Option<Frame>, SourceErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    /// One backend message on the wire (shared with `read_ahead`'s tests).
+    pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
         out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
         out.extend_from_slice(body);

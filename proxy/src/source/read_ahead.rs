@@ -152,13 +152,7 @@ mod tests {
     use super::*;
     use crate::source::SourceError;
     use crate::source::framing::FrameReader;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::source::framing::tests::message;
 
     /// A connected pair whose kernel buffers are small, so what the writer
     /// can put in flight is mostly what the reading side takes out.

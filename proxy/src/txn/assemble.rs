@@ -614,6 +614,151 @@ mod tests {
         })
     }
 
+    /// Feeds `message` at `lsn` and names what came out (and what the
+    /// assembler released ahead of it).
+    fn step(a: &mut Assembler, lsn: u64, message: LogicalMessage) -> String {
+        let out = match a.handle(Lsn(lsn), message.to_bytes()).expect("handled") {
+            Assembled::Nothing => "nothing".to_owned(),
+            Assembled::Event(TxnEvent::Begin(b)) if b.speculative => "speculative begin".into(),
+            Assembled::Event(TxnEvent::Begin(_)) => "begin".into(),
+            Assembled::Event(TxnEvent::Change(_)) => "change".into(),
+            Assembled::Event(TxnEvent::Commit(_)) => "commit".into(),
+            Assembled::Event(other) => format!("{other:?}"),
+            Assembled::Speculated(_) => "speculated change".into(),
+            Assembled::Replay(_) => "replay".into(),
+        };
+        let released: Vec<String> = a
+            .take_released()
+            .into_iter()
+            .flatten()
+            .map(|e| match e {
+                TxnEvent::Abandon { xid } => format!("abandon {xid}"),
+                TxnEvent::Begin(b) => format!("begin {}", b.xid),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if released.is_empty() {
+            out
+        } else {
+            format!("{} + {out}", released.join(" + "))
+        }
+    }
+
+    fn streamed_insert(xid: u32) -> LogicalMessage {
+        LogicalMessage::Insert(Insert {
+            xid: Some(xid),
+            rel_id: 16384,
+            new: tuple(2),
+        })
+    }
+
+    fn chunk(a: &mut Assembler, lsn: u64, first: bool) -> Vec<String> {
+        vec![
+            step(
+                a,
+                lsn,
+                LogicalMessage::StreamStart(pgsieve_protocol::pgoutput::StreamStart {
+                    xid: 9,
+                    first_segment: first,
+                }),
+            ),
+            step(a, lsn + 1, streamed_insert(9)),
+            step(a, lsn + 2, LogicalMessage::StreamStop),
+        ]
+    }
+
+    fn regular(xid: u32, with_change: bool) -> Vec<LogicalMessage> {
+        let mut messages = vec![LogicalMessage::Begin(Begin {
+            final_lsn: Lsn(0x900),
+            commit_time: PgTimestamp(0),
+            xid,
+        })];
+        if with_change {
+            messages.push(insert(2));
+        }
+        messages.push(LogicalMessage::Commit(pgsieve_protocol::pgoutput::Commit {
+            flags: 0,
+            commit_lsn: Lsn(0x900),
+            end_lsn: Lsn(0x901),
+            commit_time: PgTimestamp(0),
+        }));
+        messages
+    }
+
+    /// The speculation's rules message by message (`tests/speculation.rs`
+    /// shows each against a real leader): it starts at a first chunk after
+    /// `speculate_after`, an empty commit in between leaves it alone, a
+    /// commit with a change gives it up ahead of its own Begin, and the
+    /// given-up transaction is spooled on and replayed at its commit.
+    #[test]
+    fn a_speculation_is_given_up_only_by_a_commit_that_changes_something() {
+        let mut a = Assembler::new(std::env::temp_dir());
+        a.speculate_after(Lsn(0x100));
+        step(&mut a, 0x101, LogicalMessage::Relation(relation(2)));
+        assert_eq!(
+            chunk(&mut a, 0x200, true),
+            ["speculative begin", "speculated change", "nothing"]
+        );
+        let heartbeat: Vec<String> = regular(10, false)
+            .into_iter()
+            .map(|m| step(&mut a, 0x300, m))
+            .collect();
+        assert_eq!(heartbeat, ["nothing", "nothing"]);
+        assert_eq!(
+            chunk(&mut a, 0x400, false),
+            ["nothing", "speculated change", "nothing"]
+        );
+        let rotation: Vec<String> = regular(11, true)
+            .into_iter()
+            .map(|m| step(&mut a, 0x500, m))
+            .collect();
+        assert_eq!(
+            rotation,
+            ["nothing", "abandon 9 + begin 11 + change", "commit"]
+        );
+        assert_eq!(
+            chunk(&mut a, 0x600, false),
+            ["nothing", "nothing", "nothing"]
+        );
+        let commit = LogicalMessage::StreamCommit(pgsieve_protocol::pgoutput::StreamCommit {
+            xid: 9,
+            flags: 0,
+            commit_lsn: Lsn(0x700),
+            end_lsn: Lsn(0x701),
+            commit_time: PgTimestamp(0),
+        });
+        let Assembled::Replay(mut replay) = a.handle(Lsn(0x700), commit.to_bytes()).unwrap() else {
+            panic!("a given-up speculation is replayed at its commit");
+        };
+        let mut changes = 0;
+        while let Some(event) = replay.next_event(&a).unwrap() {
+            changes += usize::from(matches!(event, TxnEvent::Change(_)));
+        }
+        assert_eq!(
+            changes, 3,
+            "every chunk was spooled, the speculated ones too"
+        );
+    }
+
+    /// A transaction streamed from before a follower's progress may already
+    /// be on it: never speculated.
+    #[test]
+    fn no_speculation_before_the_furthest_follower() {
+        let mut a = Assembler::new(std::env::temp_dir());
+        a.speculate_after(Lsn(0x300));
+        step(&mut a, 0x101, LogicalMessage::Relation(relation(2)));
+        assert_eq!(
+            chunk(&mut a, 0x200, true),
+            ["nothing", "nothing", "nothing"]
+        );
+        let mut never = Assembler::new(std::env::temp_dir());
+        step(&mut never, 0x101, LogicalMessage::Relation(relation(2)));
+        assert_eq!(
+            chunk(&mut never, 0x400, true),
+            ["nothing", "nothing", "nothing"]
+        );
+    }
+
     #[test]
     fn tuples_of_the_relations_width_pass_the_gate() {
         for width in [1, 4, 64, 65, 200] {
