@@ -15,6 +15,7 @@ use pgsieve::harness::workload::{Change, apply_changes, rotate_secret};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::support::ok;
+use crate::support::probe::{count, free_port, get};
 use crate::support::scene::Scene;
 
 /// Rows per statement: many times `logical_decoding_work_mem`, so the
@@ -26,6 +27,14 @@ const STREAMED_ROWS: i32 = 5_000;
 /// running for `east` (initial copy checked), and a second leader session
 /// for the long transaction.
 async fn streaming_scene() -> (Scene, PgsieveProcess, Client) {
+    let scene = streaming_leader().await;
+    let pgsieve = scene.start_east().await;
+    let writer = ok(scene.topology.leader.connect(CONJUR_DB).await);
+    (scene, pgsieve, writer)
+}
+
+/// The scene, its leader streaming any transaction over 64 kB.
+async fn streaming_leader() -> Scene {
     let scene = Scene::new(0).await;
     for sql in [
         "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'",
@@ -37,9 +46,7 @@ async fn streaming_scene() -> (Scene, PgsieveProcess, Client) {
             .await
             .expect("setting logical_decoding_work_mem");
     }
-    let pgsieve = scene.start_east().await;
-    let writer = ok(scene.topology.leader.connect(CONJUR_DB).await);
-    (scene, pgsieve, writer)
+    scene
 }
 
 /// Inserts `STREAMED_ROWS` versions of `variable` in the caller's transaction.
@@ -201,4 +208,44 @@ async fn a_sigkill_during_a_speculation_loses_and_doubles_nothing() {
     scene
         .assert_east(&pgsieve, "a SIGKILL during a speculation")
         .await;
+}
+
+/// Heartbeats commit on the leader every 100 ms while a streamed transaction
+/// stays open: they change nothing, so the speculation goes on (counted on
+/// `/metrics`) and the follower still ends equal to the projection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_committing_during_a_speculation_leave_it_alone() {
+    let scene = streaming_leader().await;
+    let port = free_port();
+    let mut config = scene.config(scene.entry(Some(&scene.east)));
+    config.extra =
+        format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[heartbeat]\ninterval_ms = 100\n");
+    let pgsieve = ok(PgsieveProcess::start(&config));
+    scene.assert_east(&pgsieve, "the initial copy").await;
+    let mut writer = ok(scene.topology.leader.connect(CONJUR_DB).await);
+    let variable = scene.spec.variable(0, 4);
+
+    let tx = start_speculation(&scene, &pgsieve, &mut writer, &variable).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    insert_versions(&tx, &variable, STREAMED_ROWS).await;
+    tx.commit().await.expect("commit");
+
+    scene
+        .assert_east(&pgsieve, "heartbeats during a speculation")
+        .await;
+    let metrics = get(port, "/metrics").await.expect("metrics answer").body;
+    let heartbeats = count(&metrics, "pgsieve_heartbeats_total", &[]);
+    assert!(
+        heartbeats >= 5,
+        "{heartbeats} heartbeats: the test needs several"
+    );
+    assert_eq!(
+        (
+            count(&metrics, "pgsieve_speculations_total", &[]),
+            count(&metrics, "pgsieve_speculations_given_up_total", &[]),
+        ),
+        (1, 0),
+        "one speculation, never given up:\n{}",
+        pgsieve.log()
+    );
 }

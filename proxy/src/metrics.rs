@@ -101,6 +101,10 @@ pub const FOLLOWER_STALLED: &str = "pgsieve_follower_stalled";
 /// Counter `{follower}`: `secrets` rows withheld from the follower by a
 /// fail-closed decision (the filter could not decide, so it did not send).
 pub const ROWS_FAILED_CLOSED: &str = "pgsieve_rows_failed_closed_total";
+/// Counter: streamed transactions applied speculatively (started).
+pub const SPECULATIONS: &str = "pgsieve_speculations_total";
+/// Counter: speculations given up (rolled back; replayed at the commit).
+pub const SPECULATIONS_GIVEN_UP: &str = "pgsieve_speculations_given_up_total";
 /// Counter: heartbeat messages committed on the leader.
 pub const HEARTBEATS: &str = "pgsieve_heartbeats_total";
 /// Counter: heartbeats that failed (leader unreachable, read-only, …).
@@ -282,6 +286,18 @@ const HELP: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Stream restarts at a rejoining follower's origin.",
     ),
     (
+        SPECULATIONS,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Streamed transactions applied while the leader streamed them.",
+    ),
+    (
+        SPECULATIONS_GIVEN_UP,
+        Kind::Counter,
+        Some(Unit::Count),
+        "Speculations rolled back on the followers and replayed at their commit.",
+    ),
+    (
         RECONCILES,
         Kind::Counter,
         Some(Unit::Count),
@@ -427,8 +443,10 @@ impl StreamMetrics {
                     }
                 }
             }
+            TxnEvent::Begin(begin) if begin.speculative => counter!(SPECULATIONS).increment(1),
             // Its rows come again with the replay at its commit.
             TxnEvent::Abandon { .. } => {
+                counter!(SPECULATIONS_GIVEN_UP).increment(1);
                 for (_, pending) in self.seen.values_mut() {
                     *pending = 0;
                 }
@@ -702,6 +720,8 @@ impl Telemetry {
         });
         shared.streaming.set(0.0);
         counter!(REWINDS).increment(0);
+        counter!(SPECULATIONS).increment(0);
+        counter!(SPECULATIONS_GIVEN_UP).increment(0);
         let mut tasks = Vec::new();
         let watched = shared.clone();
         tasks.push(tokio::spawn(async move {
