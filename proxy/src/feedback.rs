@@ -52,20 +52,17 @@ impl Feedback {
     /// The furthest any follower has committed: nothing after it is on a
     /// follower yet.
     pub fn furthest_committed(&self) -> Lsn {
-        self.followers
-            .iter()
-            .map(|p| p.committed_end())
-            .max()
-            .unwrap_or(Lsn::ZERO)
+        self.committed_ends().max().unwrap_or(Lsn::ZERO)
     }
 
     /// The flush position that may be reported now.
     pub fn flush_lsn(&self) -> Lsn {
-        self.followers
-            .iter()
-            .map(|p| p.committed_end())
-            .min()
-            .unwrap_or(Lsn::ZERO)
+        self.committed_ends().min().unwrap_or(Lsn::ZERO)
+    }
+
+    /// What each follower has durably committed.
+    fn committed_ends(&self) -> impl Iterator<Item = Lsn> + '_ {
+        self.followers.iter().map(|p| p.committed_end())
     }
 
     /// Highest WAL end seen from the leader.

@@ -310,7 +310,7 @@ impl Sink {
         for table in self.tables.values_mut() {
             table.metrics.discard();
         }
-        self.conn.roll_back(group.commit_lsn).await
+        self.conn.rollback_checked(group.commit_lsn).await
     }
 
     fn commit_lsn(&self) -> Lsn {

@@ -282,9 +282,10 @@ impl FollowerConnection {
     }
 
     /// Rolls the open follower transaction back and says whether that
-    /// worked: what is given up must be gone before it is applied again.
-    /// Statements in flight are dropped (their errors would come again).
-    pub async fn roll_back(&mut self, commit_lsn: Lsn) -> Result<(), ApplyError> {
+    /// worked: a speculation given up must be gone before it is applied
+    /// again. Statements in flight are dropped (their errors would come
+    /// again).
+    pub async fn rollback_checked(&mut self, commit_lsn: Lsn) -> Result<(), ApplyError> {
         self.pipeline.clear();
         if std::mem::take(&mut self.begun) {
             self.client.batch_execute("ROLLBACK").await.map_err(|e| {
@@ -295,11 +296,9 @@ impl FollowerConnection {
     }
 
     /// Abandons the open follower transaction (shutdown, reconnect, failure):
-    /// what is in flight is dropped and rolled back.
+    /// what is in flight is dropped and rolled back; a failure is ignored,
+    /// the session is going away.
     pub async fn rollback(&mut self) {
-        self.pipeline.clear();
-        if std::mem::take(&mut self.begun) {
-            let _ = self.client.batch_execute("ROLLBACK").await;
-        }
+        let _ = self.rollback_checked(Lsn::ZERO).await;
     }
 }

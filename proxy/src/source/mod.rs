@@ -17,10 +17,12 @@
 //!    returns a [`ReplicationStream`] (read CopyData payloads, zero-copy) and a
 //!    [`StatusSender`] (write standby status updates, independent of reading).
 //!
-//! Reads go through one buffer in 128 KiB chunks and every CopyData payload
-//! is a zero-copy slice of it: a payload kept alive keeps its chunk alive,
-//! so memory is bounded by how many payloads the pipeline holds (bounded
-//! channels), not by the stream.
+//! Once streaming, a task reads the socket ahead of the reader, at most 4 MiB
+//! (`read_ahead.rs`), so a busy pipeline does not stall the walsender. The
+//! reader copies those bytes into one buffer in 128 KiB chunks and every
+//! CopyData payload is a zero-copy slice of it: a payload kept alive keeps its
+//! chunk alive, so memory is bounded by the read-ahead plus how many payloads
+//! the pipeline holds (bounded channels), not by the stream.
 //!
 //! What the CopyData payloads mean (XLogData, keepalive, status update) is the
 //! `protocol` crate's business; this module never looks inside them.

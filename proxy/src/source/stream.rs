@@ -2,7 +2,8 @@
 //! reads CopyData, [`StatusSender`] writes it.
 //!
 //! They are independent on purpose (ARCHITECTURE.md, "Data flow"): when the pipeline
-//! is full the run loop stops reading, TCP flow control holds the walsender,
+//! is full the run loop stops reading, the read-ahead fills (`read_ahead`),
+//! then TCP flow control holds the walsender,
 //! and the feedback timer must still get its standby status updates out, or
 //! `wal_sender_timeout` kills the session. The write half lives in its own
 //! task fed by a bounded channel, so a caller dropped mid-send never leaves

@@ -144,7 +144,7 @@ impl Assembler {
     }
 
     /// Gives up the speculation in progress: the sinks roll it back (the
-    /// caller forwards [`TxnEvent::Abandon`], see [`Assembler::take_abandoned`])
+    /// caller forwards [`TxnEvent::Abandon`], see [`Assembler::take_released`])
     /// and the transaction is replayed from its spool at its commit.
     pub fn abandon_speculation(&mut self) {
         if let Some(xid) = self.speculating.take() {
